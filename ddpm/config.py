@@ -1,0 +1,240 @@
+"""One explicit training config, named profiles, and overrides from environment variables or CLI flags.
+
+A profile fixes everything a run needs; any field can then be overridden, e.g. ``DDPM_BATCH_SIZE=16`` or
+``python -m ddpm train --batch-size 16``. The profile itself comes from ``DDPM_PROFILE``, else follows the hardware:
+``gpu`` when CUDA is available, ``cpu`` otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("unet", "baseline")
+
+# Fields that change how a run is watched or where it runs, not what it computes: a run may be resumed with other
+# values of these.
+RUNTIME_FIELDS = frozenset(
+    {"device", "compile", "log_every", "checkpoint_every", "sample_every", "runs_dir", "run_name", "progress", "figures_dir",
+     # the length may grow (train a finished run for longer) and the evaluation budget is not training
+     "train_steps", "train_kimg", "sample_steps", "fid_samples", "fid_batch_size"}
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "gpu"
+    # data
+    dataset: str = "flowers102"
+    resolution: int = 64
+    limit_images: int | None = None  # train on the first N images only (overfitting checks)
+    flip: bool = True
+    # network
+    model: str = "unet"  # "unet" (improved) or "baseline"
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    # diffusion
+    timesteps: int = 1000
+    schedule: str = "linear"
+    prediction: str = "eps"
+    # optimisation
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    train_steps: int | None = None  # training length in steps ...
+    train_kimg: float | None = 1000.0  # ... or in thousands of images seen (used when train_steps is None)
+    ema_half_life_kimg: float = 50.0  # EMA as a half-life in images (EDM): independent of the batch size
+    ema_rampup: float | None = 0.05  # half-life at most this fraction of the images seen so far (warm-up)
+    seed: int = 0
+    # speed (CUDA only; ignored on CPU)
+    amp: bool = True  # bf16 autocast
+    channels_last: bool = True
+    compile: bool = False
+    # bookkeeping
+    device: str = "auto"
+    log_every: int = 100
+    checkpoint_every: int = 2000
+    sample_every: int = 5000
+    sample_steps: int = 50  # DDIM steps for the periodic sample grids
+    runs_dir: str = "runs"
+    run_name: str | None = None
+    figures_dir: str = "figures"  # the notebook writes its figures to <figures_dir>/<profile>/
+    progress: bool = True
+    # evaluation (FID/KID) budget of this profile
+    fid_samples: int = 8189
+    fid_batch_size: int = 256
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.train_steps is None and self.train_kimg is None:
+            raise ValueError("set train_steps or train_kimg: the run needs a length")
+        for name in ("resolution", "batch_size", "timesteps", "base_channels", "log_every", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def total_steps(self) -> int:
+        if self.train_steps is not None:
+            return self.train_steps
+        return math.ceil(self.train_kimg * 1000 / self.batch_size)
+
+    @property
+    def name(self) -> str:
+        """A descriptive run-folder name, e.g. ``cpu-unet-flowers102-32px``."""
+        if self.run_name:
+            return self.run_name
+        dataset = self.dataset.replace(":", "-").replace("/", "_").strip("-_.")
+        return f"{self.profile}-{self.model}-{dataset}-{self.resolution}px"
+
+    @property
+    def run_dir(self) -> Path:
+        return resolve_path(self.runs_dir) / self.name
+
+    @property
+    def figures(self) -> Path:
+        """Where this profile's figures go: figures/<profile>/ (never the working directory)."""
+        return resolve_path(self.figures_dir) / self.profile
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; known fields: {sorted(known)}")
+        return cls(**{k: parse_field(k, v) for k, v in values.items()})
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Config":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def resolve_path(path: str) -> Path:
+    """Relative paths are relative to the repository, not the working directory (notebook, CLI and tests agree)."""
+    return Path(path) if Path(path).is_absolute() else REPO_ROOT / path
+
+
+# Environment variables of the project that are not config fields.
+NON_CONFIG_ENV = frozenset({"DDPM_PROFILE", "DDPM_OUTPUT_DIR"})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Profiles. Only the differences from the defaults above are listed.
+PROFILES: dict[str, dict] = {
+    # CPU, seconds: tests and the notebook's regression run (nbval).
+    "smoke": dict(
+        resolution=32, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
+        dropout=0.0, timesteps=100, batch_size=16, lr=1e-3, warmup_steps=10, train_steps=60, train_kimg=None,
+        ema_half_life_kimg=0.2, log_every=10, checkpoint_every=30, sample_every=1000, sample_steps=10,
+        fid_samples=16, fid_batch_size=16,
+    ),
+    # A laptop (2 CPU cores): recognisable flower colours and shapes at 32 px in about 15 minutes of training.
+    "cpu": dict(
+        resolution=32, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
+        dropout=0.0, batch_size=32, lr=1e-3, warmup_steps=200, train_steps=3000, train_kimg=None,
+        ema_half_life_kimg=10.0, log_every=50, checkpoint_every=500, sample_every=1000, sample_steps=50,
+        fid_samples=64, fid_batch_size=64,
+    ),
+    # The reference run on one H100: baseline + improved training + evaluation in about 20 minutes.
+    "gpu": dict(
+        resolution=64, base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
+        dropout=0.1, batch_size=128, lr=2e-4, warmup_steps=500, train_kimg=1200.0,
+        ema_half_life_kimg=50.0, log_every=100, checkpoint_every=2000, sample_every=2500, compile=True,
+        fid_samples=8189, fid_batch_size=512,
+    ),
+    # For users with hours: the same network, trained ~12x longer.
+    "gpu-long": dict(
+        resolution=64, base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
+        dropout=0.1, batch_size=128, lr=2e-4, warmup_steps=1000, train_kimg=15000.0,
+        ema_half_life_kimg=250.0, log_every=200, checkpoint_every=5000, sample_every=10000, compile=True,
+        fid_samples=8189, fid_batch_size=512,
+    ),
+}
+
+
+def default_profile() -> str:
+    """``DDPM_PROFILE`` if set, else ``gpu`` with CUDA and ``cpu`` without."""
+    profile = os.environ.get("DDPM_PROFILE", "").strip()
+    if profile:
+        return profile
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def parse_field(name: str, value):
+    """Turn a string (env var, CLI flag) or JSON value into the field's type; clear error naming the field if not."""
+    hints = typing.get_type_hints(Config)
+    if name not in hints:
+        raise ValueError(f"unknown config field {name!r}; known fields: {sorted(hints)}")
+    hint = hints[name]
+    if not isinstance(value, str):
+        return tuple(value) if isinstance(value, list) else value
+    text = value.strip()
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional and text.lower() in ("", "none", "null"):
+        return None
+    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
+    try:
+        if typing.get_origin(base) is tuple or base is tuple:
+            return tuple(int(v) for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+        return text
+    except ValueError as error:
+        raise ValueError(f"config field {name!r}: cannot read {value!r} as {hint} ({error})") from None
+
+
+def env_overrides(environ=None) -> dict:
+    """Every ``DDPM_<FIELD>`` variable (e.g. DDPM_BATCH_SIZE=16) as a field override."""
+    environ = os.environ if environ is None else environ
+    fields = {f.name for f in dataclasses.fields(Config)}
+    overrides = {}
+    for key, value in environ.items():
+        if key.startswith("DDPM_") and key not in NON_CONFIG_ENV:
+            name = key[len("DDPM_"):].lower()
+            if name not in fields:
+                raise ValueError(f"environment variable {key} names no config field; known fields: {sorted(fields)}")
+            overrides[name] = parse_field(name, value)
+    return overrides
+
+
+def get_config(profile: str | None = None, *, use_env: bool = True, **overrides) -> Config:
+    """The config of a profile (default: from the hardware / DDPM_PROFILE), then env overrides, then keyword ones."""
+    profile = profile or default_profile()
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)} (env DDPM_PROFILE)")
+    values = dict(PROFILES[profile], profile=profile)
+    if use_env:
+        values.update(env_overrides())
+    values.update({k: parse_field(k, v) for k, v in overrides.items()})
+    return Config(**values)

@@ -1,0 +1,241 @@
+"""The Gaussian diffusion process of DDPM (Ho et al. 2020), in one module.
+
+Everything that is maths lives here: the noise schedules, the forward process q(x_t | x_0), the training loss, the
+posterior q(x_{t-1} | x_t, x_0), the DDPM ancestral sampler (Algorithm 2) and the DDIM sampler (Song et al. 2020).
+The networks know nothing of it: a model is any callable ``model(x_t, t) -> prediction``.
+
+Schedules are computed in float64 (alpha-bar is a long product: float32 loses digits near t = T) and stored as
+float32 buffers, so ``diffusion.to(device)`` moves them with the model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddpm.progress import progress_bar
+
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "v")
+SAMPLERS = ("ddpm", "ddim")
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def linear_beta_schedule(timesteps: int) -> torch.Tensor:
+    """Ho et al.'s betas, 1e-4 -> 0.02 at T = 1000, rescaled so that other T give the same alpha-bar curve."""
+    scale = 1000 / timesteps
+    return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+
+
+def cosine_beta_schedule(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal (2021), eq. 17: alpha-bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), betas clipped at 0.999."""
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return betas.clamp(max=max_beta)
+
+
+def make_betas(schedule: str, timesteps: int) -> torch.Tensor:
+    if schedule == "linear":
+        return linear_beta_schedule(timesteps)
+    if schedule == "cosine":
+        return cosine_beta_schedule(timesteps)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t] shaped [B, 1, 1, 1] to broadcast over a batch of images."""
+    return values.gather(0, t).reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+class GaussianDiffusion(nn.Module):
+    """Forward process, loss and samplers for T discrete steps; t is an integer index 0..T-1 (paper's t = index + 1)."""
+
+    def __init__(self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps"):
+        super().__init__()
+        if timesteps < 2:
+            raise ValueError(f"timesteps must be at least 2, got {timesteps}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.timesteps = timesteps
+        self.schedule = schedule
+        self.prediction = prediction
+
+        betas = make_betas(schedule, timesteps)
+        alphas = 1 - betas
+        alpha_bar = torch.cumprod(alphas, dim=0)
+        alpha_bar_prev = F.pad(alpha_bar[:-1], (1, 0), value=1.0)
+        # Posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7): beta-tilde and the two mean coefficients.
+        posterior_variance = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        buffers = {
+            "betas": betas,
+            "alpha_bar": alpha_bar,
+            "alpha_bar_prev": alpha_bar_prev,
+            "sqrt_alpha_bar": alpha_bar.sqrt(),
+            "sqrt_one_minus_alpha_bar": (1 - alpha_bar).sqrt(),
+            "posterior_variance": posterior_variance,
+            # beta-tilde is 0 at t = 0: log-variance takes the t = 1 value there (as improved-diffusion does).
+            "posterior_log_variance": torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]])),
+            "posterior_mean_coef_x0": betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+            "posterior_mean_coef_xt": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float(), persistent=False)
+        # DDIM's per-step scalars (1 - a_t / a_prev) cancel badly in float32: they use this float64 copy, kept on
+        # the CPU (not a buffer) so that reading them never waits for the GPU.
+        self.alpha_bar_f64 = alpha_bar
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Forward process and training (Algorithm 1)
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw x_t ~ q(x_t | x_0) = N(sqrt(alpha-bar_t) x_0, (1 - alpha-bar_t) I) in one step."""
+        if noise is None:
+            noise = torch.randn_like(x0)
+        return extract(self.sqrt_alpha_bar, t, x0) * x0 + extract(self.sqrt_one_minus_alpha_bar, t, x0) * noise
+
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.prediction == "eps":
+            return noise
+        # v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022): the same loss scale at every t.
+        return extract(self.sqrt_alpha_bar, t, x0) * noise - extract(self.sqrt_one_minus_alpha_bar, t, x0) * x0
+
+    def sample_timesteps(self, batch: int, *, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
+
+    def training_loss(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Algorithm 1: pick t and noise, noise x0 to x_t, regress the network's prediction onto the target (MSE)."""
+        if t is None:
+            t = self.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = self.q_sample(x0, t, noise)
+        prediction = model(x_t, t)
+        return F.mse_loss(prediction.float(), self.training_target(x0, t, noise).float())
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # From a network output to x0 and eps
+    def predict_x0_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip: bool):
+        """Turn the network's output into (x0_hat, eps_hat); x0 clipped to [-1, 1] if asked, eps made consistent."""
+        model_output = model_output.to(x_t.dtype)
+        a = extract(self.sqrt_alpha_bar, t, x_t)
+        s = extract(self.sqrt_one_minus_alpha_bar, t, x_t)
+        if self.prediction == "eps":
+            x0 = (x_t - s * model_output) / a
+        else:
+            x0 = a * x_t - s * model_output
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        eps = (x_t - a * x0) / s
+        return x0, eps
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Mean, variance and log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7)."""
+        mean = extract(self.posterior_mean_coef_x0, t, x_t) * x0 + extract(self.posterior_mean_coef_xt, t, x_t) * x_t
+        return mean, extract(self.posterior_variance, t, x_t), extract(self.posterior_log_variance, t, x_t)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Samplers
+    @torch.no_grad()
+    def p_sample(self, model: Model, x_t: torch.Tensor, t: int, *, clip: bool = True, generator=None):
+        """One step of Algorithm 2: x_{t-1} = posterior mean(x0_hat, x_t) + sqrt(beta-tilde_t) z, no noise at t = 0.
+
+        Without clipping the posterior mean equals Algorithm 2's 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha-bar_t)
+        eps); going through x0_hat lets us clip it to the data range, which removes the saturated colours.
+        """
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        x0, _ = self.predict_x0_eps(model(x_t, t_batch), x_t, t_batch, clip)
+        mean, _, log_variance = self.q_posterior(x0, x_t, t_batch)
+        if t == 0:
+            return mean
+        noise = torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
+        return mean + (0.5 * log_variance).exp() * noise
+
+    def ddim_timesteps(self, steps: int) -> list[int]:
+        """`steps` indices spread evenly over 0..T-1, always including both ends."""
+        if not 1 <= steps <= self.timesteps:
+            raise ValueError(f"DDIM steps must be between 1 and T={self.timesteps}, got {steps}")
+        if steps == 1:
+            return [self.timesteps - 1]
+        return sorted({round(i * (self.timesteps - 1) / (steps - 1)) for i in range(steps)})
+
+    def ddim_sigma(self, t: int, t_prev: int, eta: float) -> torch.Tensor:
+        """Song et al. eq. 16: eta = 1 gives the DDPM posterior variance beta-tilde when t_prev = t - 1."""
+        a = self.alpha_bar_f64[t]
+        a_prev = self.alpha_bar_f64[t_prev] if t_prev >= 0 else torch.ones_like(a)
+        return eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
+
+    @torch.no_grad()
+    def ddim_step(self, model: Model, x_t, t: int, t_prev: int, *, eta: float = 0.0, clip: bool = True, generator=None):
+        """x_{t_prev} = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z (Song et al. eq. 12)."""
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        x0, eps = self.predict_x0_eps(model(x_t, t_batch), x_t, t_batch, clip)
+        a_prev = self.alpha_bar_f64[t_prev] if t_prev >= 0 else torch.ones((), dtype=torch.float64)
+        sigma = self.ddim_sigma(t, t_prev, eta)
+        x0_coef, eps_coef = a_prev.sqrt().item(), (1 - a_prev - sigma**2).clamp(min=0).sqrt().item()
+        sigma = sigma.item()
+        x_prev = x0_coef * x0 + eps_coef * eps
+        if eta > 0 and t_prev >= 0:
+            x_prev = x_prev + sigma * torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
+        return x_prev
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Model,
+        shape: Sequence[int],
+        *,
+        sampler: str = "ddpm",
+        steps: int | None = None,
+        eta: float = 0.0,
+        clip: bool = True,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        return_trajectory: bool = False,
+        trajectory_frames: int = 50,
+        progress: bool = False,
+    ):
+        """Generate images in [-1, 1] from pure noise.
+
+        sampler="ddpm": ancestral sampling over all T steps (Algorithm 2). sampler="ddim": `steps` evenly spaced steps
+        (default T) with stochasticity `eta` (0 = deterministic given the starting noise). With return_trajectory, also
+        returns [(t, x_t on CPU), ...] at about `trajectory_frames` evenly spaced steps, from x_T down to x_0.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        device = torch.device(device) if device is not None else self.betas.device
+        if noise is None:
+            noise = torch.randn(tuple(shape), device=device, generator=generator)
+        x = noise.to(device)
+        if sampler == "ddpm":
+            if steps not in (None, self.timesteps):
+                raise ValueError(f"the DDPM sampler runs all T={self.timesteps} steps; use sampler='ddim' for {steps}")
+            schedule = list(range(self.timesteps - 1, -1, -1))
+            pairs = [(t, t - 1) for t in schedule]
+        else:
+            schedule = self.ddim_timesteps(steps or self.timesteps)[::-1]
+            pairs = list(zip(schedule, schedule[1:] + [-1]))
+
+        keep_every = max(1, len(pairs) // max(trajectory_frames, 1))
+        trajectory = [(self.timesteps, x.detach().cpu())] if return_trajectory else None
+        for i, (t, t_prev) in enumerate(progress_bar(pairs, desc=f"{sampler} sampling", disable=not progress)):
+            if sampler == "ddpm":
+                x = self.p_sample(model, x, t, clip=clip, generator=generator)
+            else:
+                x = self.ddim_step(model, x, t, t_prev, eta=eta, clip=clip, generator=generator)
+            if return_trajectory and ((i + 1) % keep_every == 0 or t_prev < 0):
+                trajectory.append((max(t_prev, 0) if t_prev >= 0 else 0, x.detach().cpu()))
+        x = x.clamp(-1, 1)
+        return (x, trajectory) if return_trajectory else x

@@ -1,0 +1,387 @@
+"""The training loop: owns the data on the device, the network, its EMA, the optimiser and the run folder.
+
+A run folder (``runs/<profile>-<model>-<dataset>-<res>px/``) holds:
+  config.json     the exact config of the run
+  log.txt         human-readable log
+  stats.jsonl     one JSON line per ``log_every`` steps: step, images seen, loss, lr, throughput, seconds
+  checkpoint.pt   model, EMA, optimiser, scheduler, step and RNG states, written atomically; resuming from it
+                  continues exactly where the run stopped
+  samples/        periodic 4x8 grids sampled from the EMA weights
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ddpm import data as ddpm_data
+from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
+from ddpm.config import RUNTIME_FIELDS, Config
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from ddpm.ema import EMA
+from ddpm.progress import progress_bar
+from ddpm.unet import BaselineUNet, UNet
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stopped and the last good checkpoint was kept."""
+
+
+def build_model(config: Config) -> nn.Module:
+    if config.model == "baseline":
+        return BaselineUNet(config.resolution, config.base_channels, config.channel_mult, timesteps=config.timesteps)
+    return UNet(
+        config.resolution,
+        config.base_channels,
+        config.channel_mult,
+        num_res_blocks=config.num_res_blocks,
+        attention_resolutions=config.attention_resolutions,
+        dropout=config.dropout,
+    )
+
+
+def build_diffusion(config: Config) -> GaussianDiffusion:
+    return GaussianDiffusion(config.timesteps, config.schedule, config.prediction)
+
+
+def warmup_lambda(warmup_steps: int):
+    """Linear learning-rate warm-up, then constant (as in Ho et al.)."""
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def config_differences(saved: Config, wanted: Config) -> dict:
+    a, b = saved.to_dict(), wanted.to_dict()
+    return {k: (a[k], b[k]) for k in a if k not in RUNTIME_FIELDS and a[k] != b[k]}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    finished: bool
+    seconds: float
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since the previous entry)
+
+
+class TrainLoop:
+    """Algorithm 1 of Ho et al., repeated: draw a batch, noise it, regress the noise, step AdamW, update the EMA."""
+
+    def __init__(self, config: Config, *, data: "ddpm_data.ImageData | None" = None, verbose: bool = True):
+        self.config = config
+        self.verbose = verbose
+        self.dist, self.device = init_distributed(config.device)
+        self.run_dir = config.run_dir
+        self.cuda = self.device.type == "cuda"
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"batch_size={config.batch_size} is the global batch and must divide by the {self.dist.world_size} processes"
+            )
+        self.local_batch = config.batch_size // self.dist.world_size
+
+        if self.cuda:  # TF32 for the matmuls/convs that stay in float32 (bf16 autocast does the rest)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+
+        # Data: decoded once, resident on the device as uint8; flips and scaling happen there.
+        data = data or ddpm_data.load_images(config.dataset, config.resolution, limit=config.limit_images)
+        self.images = data.images.to(self.device)
+
+        torch.manual_seed(config.seed + self.dist.rank)  # initial weights (identical: rank 0's are broadcast) + dropout
+        self.model = build_model(config).to(self.device)
+        if self.cuda and config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.diffusion = build_diffusion(config).to(self.device)
+        self.ema = EMA(self.model, config.ema_half_life_kimg, config.ema_rampup)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=self.cuda or None
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(config.warmup_steps))
+        # One generator draws every batch's indices, flips, time steps and noise: the same global batch on every
+        # rank, each rank keeping its slice, so N processes compute what one process would with the same batch.
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.step = 0
+        self.seconds = 0.0
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.loss_count = 0
+
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled:
+            self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        if self.checkpoint_path.exists():
+            self.resume()
+        elif self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(self.run_dir / "config.json")
+        barrier(self.dist)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if not self.dist.is_main:
+            return
+        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}"
+        with open(self.run_dir / "log.txt", "a") as f:
+            f.write(line + "\n")
+        if self.verbose:
+            print(message, flush=True)
+
+    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, t, noise) for this rank: its slice of one global batch drawn from the shared generator."""
+        b, g = self.config.batch_size, self.generator
+        index = torch.randint(0, self.images.shape[0], (b,), device=self.device, generator=g)
+        x0 = ddpm_data.to_model_input(self.images[index], flip=self.config.flip, generator=g)
+        t = self.diffusion.sample_timesteps(b, device=self.device, generator=g)
+        noise = torch.randn(x0.shape, device=self.device, generator=g)
+        if self.dist.enabled:
+            part = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
+            x0, t, noise = x0[part], t[part], noise[part]
+        if self.cuda and self.config.channels_last:
+            x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
+        return x0, t, noise
+
+    def train_step(self) -> None:
+        x0, t, noise = self.draw_batch()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
+            loss = self.diffusion.training_loss(self.train_model, x0, t=t, noise=noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.ema.update(self.model, self.step * self.config.batch_size, self.config.batch_size)
+        self.loss_sum += loss.detach()  # stays on the device: no host sync in the hot loop
+        self.loss_count += 1
+
+    def read_loss(self) -> float:
+        """Mean loss since the last read (a host sync, so only every log_every steps); raise if it is not finite."""
+        mean = all_reduce_mean(self.loss_sum / max(self.loss_count, 1), self.dist).item()
+        self.loss_sum.zero_()
+        self.loss_count = 0
+        if not math.isfinite(mean):
+            kept = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() else "no checkpoint was written"
+            message = (
+                f"training diverged: the loss became {mean} by step {self.step} of run {self.run_dir}; {kept} "
+                f"and was left untouched. Try a lower lr (now {self.config.lr}) or grad_clip (now {self.config.grad_clip})."
+            )
+            self.log(message)
+            raise TrainingDiverged(message)
+        return mean
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def run(self, until_step: int | None = None) -> TrainResult:
+        """Train to the config's length (or to `until_step`, to stop early and resume later)."""
+        cfg = self.config
+        end = min(cfg.total_steps, until_step) if until_step is not None else cfg.total_steps
+        losses: list[tuple[int, float]] = []
+        if self.step >= end:
+            return TrainResult(self.run_dir, self.step, self.step >= cfg.total_steps, self.seconds, losses)
+        self.log(
+            f"training {cfg.model} ({sum(p.numel() for p in self.model.parameters()):,} parameters) on {cfg.dataset} "
+            f"{cfg.resolution}px, {len(self.images)} images, steps {self.step} -> {end} of {cfg.total_steps}, "
+            f"batch {cfg.batch_size}, device {self.device}, {self.dist.world_size} process(es)"
+        )
+        self.train_model.train()
+        bar = progress_bar(
+            total=end, initial=self.step, desc=f"train {cfg.model}", unit="step", disable=not (cfg.progress and self.dist.is_main)
+        )
+        interval_start, interval_step = time.perf_counter(), self.step
+        try:
+            while self.step < end:
+                self.train_step()
+                bar.update(1)
+                last = self.step == end
+                if self.step % cfg.log_every == 0 or last:
+                    loss = self.read_loss()
+                    now = time.perf_counter()
+                    elapsed = now - interval_start
+                    self.seconds += elapsed
+                    images_per_s = (self.step - interval_step) * cfg.batch_size / max(elapsed, 1e-9)
+                    interval_start, interval_step = now, self.step
+                    losses.append((self.step, loss))
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+                    self.write_stats(loss, images_per_s)
+                if self.step % cfg.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+                if self.step % cfg.sample_every == 0 or last:
+                    self.save_sample_grid()
+        except KeyboardInterrupt:
+            # Keep what was done: a checkpoint at the current step (if the loss is still finite), then stop.
+            bar.close()
+            self.read_loss()
+            self.save_checkpoint()
+            self.log(f"interrupted at step {self.step}; checkpoint saved, run again to resume")
+            raise
+        bar.close()
+        self.log(f"reached step {self.step} in {self.seconds:.0f} s of training; run folder {self.run_dir}")
+        return TrainResult(self.run_dir, self.step, self.step >= cfg.total_steps, self.seconds, losses)
+
+    def write_stats(self, loss: float, images_per_s: float) -> None:
+        if not self.dist.is_main:
+            return
+        record = {
+            "step": self.step,
+            "images_seen": self.step * self.config.batch_size,
+            "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "images_per_s": images_per_s,
+            "seconds": self.seconds,
+        }
+        with open(self.run_dir / "stats.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if self.cuda:
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "seconds": self.seconds,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loss_sum": self.loss_sum.detach().cpu(),
+            "loss_count": self.loss_count,
+            "rng": rng,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            atomic_save(self.state_dict(), self.checkpoint_path)
+        barrier(self.dist)
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        saved = Config.from_dict(state["config"])
+        differences = config_differences(saved, self.config)
+        if differences:
+            changed = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in differences.items())
+            raise ValueError(
+                f"{self.checkpoint_path} was trained with another config ({changed}); resume with the saved config, "
+                f"or start a new run with another run_name / runs_dir"
+            )
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.seconds = state["step"], state["seconds"]
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.loss_count = state["loss_count"]
+        if self.dist.rank == 0:  # other ranks keep their own dropout streams
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.generator.set_state(state["rng"]["generator"].cpu())
+        if self.cuda and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        if self.dist.is_main:
+            truncate_stats(self.run_dir / "stats.jsonl", self.step)
+        self.log(f"resumed {self.checkpoint_path} at step {self.step}")
+
+    @torch.no_grad()
+    def save_sample_grid(self) -> None:
+        """A 4x8 grid from the EMA weights (fixed noise, DDIM), so the runs' progress can be compared by eye."""
+        if not self.dist.is_main:
+            return
+        from ddpm.viz import save_grid
+
+        model = self.ema.module.eval()
+        generator = torch.Generator(device=self.device).manual_seed(1234)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
+            images = self.diffusion.sample(
+                model, (32, 3, self.config.resolution, self.config.resolution), sampler="ddim",
+                steps=self.config.sample_steps, generator=generator, device=self.device,
+            )
+        save_grid(images, self.run_dir / "samples" / f"step-{self.step:07d}.png")
+
+
+def truncate_stats(path: Path, step: int) -> None:
+    """Drop stats lines written after the checkpoint we resume from: they will be written again."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def read_stats(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "stats.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading a finished (or partial) run for sampling and evaluation
+@dataclass
+class Run:
+    config: Config
+    model: nn.Module  # raw weights, eval mode
+    ema_model: nn.Module  # EMA weights, eval mode: sample from these
+    diffusion: GaussianDiffusion
+    step: int
+    seconds: float
+    run_dir: Path
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.config.total_steps
+
+    @property
+    def stats(self) -> list[dict]:
+        return read_stats(self.run_dir)
+
+
+def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the networks (raw and EMA) and the diffusion process of a run folder from its checkpoint."""
+    run_dir = Path(run_dir)
+    path = run_dir if run_dir.is_file() else run_dir / CHECKPOINT_NAME
+    state = load_checkpoint(path, map_location=device)
+    config = Config.from_dict(state["config"])
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    ema_model = build_model(config)
+    # AveragedModel keeps the copy under "module." next to its n_averaged counter.
+    ema_model.load_state_dict({k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")})
+    return Run(
+        config=config,
+        model=model.to(device).eval().requires_grad_(False),
+        ema_model=ema_model.to(device).eval().requires_grad_(False),
+        diffusion=build_diffusion(config).to(device),
+        step=state["step"],
+        seconds=state["seconds"],
+        run_dir=path.parent,
+    )
+
+
+def train(config: Config, *, until_step: int | None = None, data=None, verbose: bool = True) -> TrainResult:
+    """Train (or resume) the run of `config` in its run folder."""
+    return TrainLoop(config, data=data, verbose=verbose).run(until_step)
+
+
+def train_or_load(config: Config, *, device: str | torch.device | None = None, verbose: bool = True) -> Run:
+    """The notebook's training cell: reuse a finished checkpoint of the same config if one exists, else train
+    (resuming a partial run), then load the run."""
+    path = config.run_dir / CHECKPOINT_NAME
+    finished = False
+    if path.exists():
+        state = load_checkpoint(path)
+        finished = state["step"] >= config.total_steps and not config_differences(Config.from_dict(state["config"]), config)
+    if finished:
+        if verbose:
+            print(f"reusing the finished run in {config.run_dir} (delete it to train again)")
+    else:
+        train(config, verbose=verbose)
+    from ddpm.distributed import resolve_device
+
+    return load_run(config.run_dir, device or resolve_device(config.device))

@@ -1,0 +1,151 @@
+"""The diffusion maths against closed forms: schedules, q(x_t | x_0), the posterior, DDPM and DDIM steps."""
+import math
+
+import pytest
+import torch
+
+from ddpm.diffusion import GaussianDiffusion, cosine_beta_schedule, linear_beta_schedule
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("timesteps", [1000, 100])
+def test_alpha_bar_decreases_from_one_to_near_zero(schedule, timesteps):
+    d = GaussianDiffusion(timesteps, schedule)
+    alpha_bar = d.alpha_bar.double()
+    assert torch.all(alpha_bar[1:] < alpha_bar[:-1])
+    assert 0.99 < alpha_bar[0] < 1
+    assert alpha_bar[-1] < 1e-3
+
+
+def test_schedules_are_float64_and_match_their_definitions():
+    betas = linear_beta_schedule(1000)
+    assert betas.dtype == torch.float64
+    assert betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(0.02)
+    # rescaled for other T: the same total noise, so alpha-bar_T stays close
+    assert torch.prod(1 - linear_beta_schedule(250)).item() == pytest.approx(torch.prod(1 - betas).item(), rel=0.5)
+    T, s = 1000, 0.008
+    alpha_bar = torch.cumprod(1 - cosine_beta_schedule(T), 0)
+    t = torch.tensor([1, 250, 500, 750], dtype=torch.float64)
+    f = lambda u: torch.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2
+    assert torch.allclose(alpha_bar[t.long() - 1], f(t) / f(torch.zeros(1, dtype=torch.float64)), rtol=1e-6)
+
+
+def test_unknown_schedule_and_prediction_are_refused():
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        GaussianDiffusion(10, "quadratic")
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        GaussianDiffusion(10, prediction="x0")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_q_sample_mean_and_variance_match_closed_form(schedule):
+    d = GaussianDiffusion(1000, schedule)
+    n = 200_000
+    x0 = torch.tensor([-0.8, 0.1, 0.9]).reshape(1, 3, 1, 1).expand(n, 3, 1, 1)
+    torch.manual_seed(0)
+    for t_index in [0, 100, 500, 999]:
+        t = torch.full((n,), t_index)
+        x_t = d.q_sample(x0, t).double()
+        a = d.alpha_bar[t_index].double()
+        mean, var = x_t.mean(0).flatten(), x_t.var(0).flatten()
+        tolerance_mean = 5 * math.sqrt((1 - a) / n)
+        assert torch.allclose(mean, a.sqrt() * x0[0].flatten().double(), atol=tolerance_mean)
+        assert torch.allclose(var, (1 - a).expand(3), rtol=0.02)
+
+
+def test_posterior_matches_ho_eq_6_7_and_gaussian_conditioning():
+    d = GaussianDiffusion(1000, "linear")
+    torch.manual_seed(1)
+    x0, x_t = torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)
+    t = torch.tensor([1, 5, 50, 300, 700, 999])
+    mean, var, log_var = d.q_posterior(x0, x_t, t)
+    betas = linear_beta_schedule(1000)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    for i, ti in enumerate(t.tolist()):
+        beta, a, a_prev = betas[ti], alpha_bar[ti], alpha_bar[ti - 1]
+        # eq. 7, written out
+        mu = a_prev.sqrt() * beta / (1 - a) * x0[i].double() + (1 - beta).sqrt() * (1 - a_prev) / (1 - a) * x_t[i].double()
+        beta_tilde = (1 - a_prev) / (1 - a) * beta
+        assert torch.allclose(mean[i].double(), mu, atol=1e-5)
+        assert var[i].flatten()[0].item() == pytest.approx(beta_tilde.item(), rel=1e-5)
+        assert log_var[i].flatten()[0].item() == pytest.approx(math.log(beta_tilde.item()), rel=1e-5)
+        # the same from conditioning the joint Gaussian of (x_{t-1}, x_t) given x0
+        cov = (1 - beta).sqrt() * (1 - a_prev)
+        cond_var = (1 - a_prev) - cov**2 / (1 - a)
+        cond_mean = a_prev.sqrt() * x0[i].double() + cov / (1 - a) * (x_t[i].double() - a.sqrt() * x0[i].double())
+        assert torch.allclose(mean[i].double(), cond_mean, atol=1e-5)
+        assert cond_var.item() == pytest.approx(beta_tilde.item(), rel=1e-6)
+
+
+class ConstantEps(torch.nn.Module):
+    """A 'network' whose noise prediction is a fixed function of x_t and t."""
+
+    def forward(self, x, t):
+        return 0.5 * x + 0.001 * t.float().reshape(-1, 1, 1, 1)
+
+
+def test_ddpm_step_without_clipping_is_algorithm_2():
+    d = GaussianDiffusion(1000, "linear")
+    x_t = torch.randn(4, 3, 8, 8)
+    t = 500
+    out = d.p_sample(ConstantEps(), x_t, t, clip=False, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(3))
+    eps = ConstantEps()(x_t, torch.full((4,), t))
+    beta, alpha, a = d.betas[t], 1 - d.betas[t], d.alpha_bar[t]
+    expected = (x_t - beta / (1 - a).sqrt() * eps) / alpha.sqrt() + d.posterior_variance[t].sqrt() * z
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_ddim_with_eta_one_over_all_steps_has_the_ddpm_posterior_variance():
+    d = GaussianDiffusion(1000, "cosine")
+    sigma2 = torch.stack([d.ddim_sigma(t, t - 1, 1.0) ** 2 for t in range(1, 1000)])
+    assert torch.allclose(sigma2.float(), d.posterior_variance[1:], rtol=1e-5)
+    # and a whole step equals a DDPM step given the same noise
+    x_t = torch.randn(2, 3, 8, 8)
+    for t in (1, 400, 999):
+        ddim = d.ddim_step(ConstantEps(), x_t, t, t - 1, eta=1.0, generator=torch.Generator().manual_seed(5))
+        ddpm = d.p_sample(ConstantEps(), x_t, t, generator=torch.Generator().manual_seed(5))
+        assert torch.allclose(ddim, ddpm, atol=1e-4)
+
+
+def test_ddim_eta_zero_is_deterministic_given_the_noise():
+    d = GaussianDiffusion(100, "linear")
+    noise = torch.randn(3, 3, 8, 8)
+    a = d.sample(ConstantEps(), noise.shape, sampler="ddim", steps=20, noise=noise, generator=torch.Generator().manual_seed(0))
+    b = d.sample(ConstantEps(), noise.shape, sampler="ddim", steps=20, noise=noise, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a, b)
+    c = d.sample(ConstantEps(), noise.shape, sampler="ddim", steps=20, eta=1.0, noise=noise, generator=torch.Generator().manual_seed(9))
+    assert not torch.equal(a, c)
+
+
+def test_ddim_timesteps_cover_both_ends():
+    d = GaussianDiffusion(1000)
+    for steps in (1, 2, 50, 100, 1000):
+        seq = d.ddim_timesteps(steps)
+        assert seq[-1] == 999 and len(seq) == steps and (steps == 1 or seq[0] == 0)
+    with pytest.raises(ValueError, match="DDIM steps must be between 1 and T=1000"):
+        d.ddim_timesteps(0)
+
+
+def test_samplers_return_images_in_range_and_a_trajectory():
+    d = GaussianDiffusion(50)
+    x, trajectory = d.sample(ConstantEps(), (2, 3, 8, 8), sampler="ddpm", return_trajectory=True, trajectory_frames=10)
+    assert x.shape == (2, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
+    assert trajectory[0][0] == 50 and trajectory[-1][0] == 0 and 10 <= len(trajectory) <= 12
+    with pytest.raises(ValueError, match="the DDPM sampler runs all T=50 steps"):
+        d.sample(ConstantEps(), (1, 3, 8, 8), sampler="ddpm", steps=10)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        d.sample(ConstantEps(), (1, 3, 8, 8), sampler="euler")
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_perfect_prediction_recovers_x0_and_noise(prediction):
+    d = GaussianDiffusion(1000, "linear", prediction)
+    x0, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 998])
+    x_t = d.q_sample(x0, t, noise)
+    target = d.training_target(x0, t, noise)
+    x0_hat, eps_hat = d.predict_x0_eps(target, x_t, t, clip=False)
+    assert torch.allclose(x0_hat, x0, atol=2e-3) and torch.allclose(eps_hat[1:], noise[1:], atol=2e-3)
+    loss = d.training_loss(lambda x, tt: d.training_target(x0, tt, noise), x0, t=t, noise=noise)
+    assert loss.item() == pytest.approx(0.0, abs=1e-10)
