@@ -91,7 +91,9 @@ class TrainLoop:
             torch.backends.cudnn.benchmark = True
 
         # Data: decoded once, resident on the device as uint8; flips and scaling happen there.
-        data = data or ddpm_data.load_images(config.dataset, config.resolution, limit=config.limit_images)
+        data = data or ddpm_data.load_images(
+            config.dataset, config.resolution, limit=config.limit_images, split=config.split
+        )
         self.images = data.images.to(self.device)
 
         torch.manual_seed(config.seed + self.dist.rank)  # initial weights (identical: rank 0's are broadcast) + dropout

@@ -136,7 +136,10 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        # [B, heads, pixels, head_channels], contiguous: the fused kernels refuse strided inputs and fall back to the
+        # slow math path (on CPU without channels_last).
+        q, k, v = (y.transpose(-1, -2).contiguous() for y in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 

