@@ -360,7 +360,7 @@ def evaluate_run(
     if sampler == "ddpm":
         steps = config.timesteps  # DDPM always walks all T steps: record what ran
 
-    data = load_images(config.dataset, config.resolution, data_dir=data_dir)
+    data = load_images(config.dataset, config.resolution, data_dir=data_dir, split=config.split)
     real = dataset_features(data, feature=feature, num_images=num_real, cache_dir=cache_dir or default_cache_dir(data_dir),
                             batch_size=batch_size, device=device, progress=progress)
 
@@ -388,6 +388,7 @@ def evaluate_run(
         "eta": eta,
         "weights": "ema" if use_ema else "raw",
         "dataset": config.dataset,
+        "split": config.split,
         "resolution": config.resolution,
         "step": run.step,
         "seed": seed,

@@ -1,6 +1,6 @@
 """Figures: 4x8 sample grids, denoising strips, a GIF of a grid denoising, loss curves, schedule plots.
 
-Every function writes a file and returns its path; the notebook displays the file, so what a reader sees inline is
+Every function writes a file and returns its path (matplotlib's Figure without pyplot: nothing global changes); the notebook displays the file, so what a reader sees inline is
 exactly what is committed under figures/.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from matplotlib.figure import Figure  # drawn straight to a file: no pyplot, no backend switch in a notebook
 from torchvision.utils import make_grid, save_image
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
@@ -63,12 +64,8 @@ def save_denoising_gif(trajectory: Sequence[tuple[int, torch.Tensor]], path: Pat
 
 def plot_loss_curves(curves: dict[str, Sequence[dict]], path: Path | str, *, smooth: int = 5) -> Path:
     """Training loss against images seen, one line per run (from stats.jsonl records), lightly smoothed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for label, stats in curves.items():
         if not stats:
             continue
@@ -84,18 +81,13 @@ def plot_loss_curves(curves: dict[str, Sequence[dict]], path: Path | str, *, smo
     ax.legend()
     fig.tight_layout()
     fig.savefig(_prepare(path), dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_schedules(diffusions: dict, path: Path | str) -> Path:
     """alpha-bar_t and log-SNR_t = log(alpha-bar / (1 - alpha-bar)) for each named schedule."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    ax1, ax2 = fig.subplots(1, 2)
     for name, diffusion in diffusions.items():
         alpha_bar = diffusion.alpha_bar.double().cpu()
         t = torch.arange(1, len(alpha_bar) + 1) / len(alpha_bar)
@@ -108,7 +100,6 @@ def plot_schedules(diffusions: dict, path: Path | str) -> Path:
         ax.legend()
     fig.tight_layout()
     fig.savefig(_prepare(path), dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
