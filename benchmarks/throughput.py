@@ -6,27 +6,28 @@
 
 For each network (BaselineUNet, our improved UNet, diffusers' UNet2DModel sized to within 10% of our UNet's
 parameters) it times:
-  train   the training step of ddpm/train.py's hot loop: draw a batch from device-resident uint8 images, bf16 autocast
-          (CUDA), channels_last (CUDA), GaussianDiffusion.training_loss, backward, grad clipping, AdamW (fused on CUDA),
-          LR scheduler and EMA update; torch.compile of the training model on CUDA (default on).
+  train   TrainLoop.train_step of ddpm/train.py itself, on a real TrainLoop built from the profile (synthetic uint8
+          images, a temporary run folder): batch draw, bf16 autocast and channels_last (CUDA), training_loss, backward,
+          grad clipping, fused AdamW, LR scheduler, EMA; torch.compile of the training model on CUDA (default on).
   sample  ddpm.sample.generate with DDIM (eager model, bf16 autocast on CUDA), reported as images/s of a full DDIM-50
           run; when fewer steps are timed (the CPU default) the figure is extrapolated and marked with "*".
-On CUDA it also counts the FLOPs of one training step (forward + backward, torch.utils.flop_counter) and reports the
-model FLOPs utilisation against the GPU's bf16 dense peak; on CPU it reports the achieved GFLOP/s only.
+It also counts the FLOPs of one training step (forward + backward, torch.utils.flop_counter) and reports the model
+FLOPs utilisation against the GPU's bf16 dense peak on CUDA; on CPU it reports the achieved GFLOP/s only.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
 import json
 import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -34,13 +35,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
 
+import ddpm.train  # noqa: E402
 from ddpm.config import PROFILES, Config, default_profile, get_config  # noqa: E402
-from ddpm.data import to_model_input  # noqa: E402
+from ddpm.data import ImageData  # noqa: E402
 from ddpm.diffusion import GaussianDiffusion  # noqa: E402
 from ddpm.distributed import resolve_device  # noqa: E402
-from ddpm.ema import EMA  # noqa: E402
 from ddpm.sample import generate  # noqa: E402
-from ddpm.train import build_diffusion, build_model, warmup_lambda  # noqa: E402
+from ddpm.train import TrainLoop, build_model  # noqa: E402
 
 MODELS = ("baseline", "unet", "diffusers")
 REFERENCE_DDIM_STEPS = 50  # the sampling figure is always for a full DDIM-50 run
@@ -162,14 +163,37 @@ def match_diffusers(config: Config) -> DiffusersMatch:
     return match
 
 
-def build_network(name: str, config: Config, match: DiffusersMatch | None) -> nn.Module:
-    if name == "diffusers":
-        return DiffusersAdapter(import_unet2d()(**match.kwargs), config.resolution)
-    return build_model(config.replace(model=name))
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Timing
+SYNTHETIC_IMAGES = 1024  # random uint8 images: their content does not change the cost of a step
+
+
+def synthetic_data(resolution: int, seed: int = 0) -> ImageData:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (SYNTHETIC_IMAGES, 3, resolution, resolution), dtype=torch.uint8, generator=generator)
+    return ImageData(images=images, labels=[""] * SYNTHETIC_IMAGES, name="synthetic", source="random uint8 images",
+                     sha256=None)
+
+
+def build_loop(name: str, config: Config, runs_dir: str | Path, match: DiffusersMatch | None = None) -> TrainLoop:
+    """A real TrainLoop training network `name` on synthetic images, its run folder under `runs_dir`.
+
+    For diffusers, TrainLoop is built from the unet config with ddpm.train.build_model patched to return the
+    UNet2DModel: TrainLoop.__init__ itself then sets up channels_last, the EMA, fused AdamW, the scheduler and compile."""
+    config = config.replace(model="unet" if name == "diffusers" else name, runs_dir=str(runs_dir),
+                            run_name=f"throughput-{name}", progress=False)
+    data = synthetic_data(config.resolution, config.seed)
+    if name != "diffusers":
+        return TrainLoop(config, data=data, verbose=False)
+    unet2d = import_unet2d()
+    network = lambda cfg: DiffusersAdapter(unet2d(**match.kwargs), cfg.resolution)  # noqa: E731
+    with mock.patch.object(ddpm.train, "build_model", network):
+        loop = TrainLoop(config, data=data, verbose=False)
+    if not isinstance(loop.model, DiffusersAdapter):
+        raise RuntimeError("TrainLoop no longer builds its network with ddpm.train.build_model: update build_loop")
+    return loop
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -190,76 +214,33 @@ def attention_flop_formulas() -> dict:
     return mapping
 
 
-class TrainBench:
-    """One network's training step as in ddpm/train.py's TrainLoop.train_step, on synthetic device-resident images."""
+def count_train_step_flops(loop: TrainLoop) -> int:
+    """FLOPs of one real loop.train_step() (its forward + backward; the optimiser, norms and activations are not in
+    flop_counter's table). A compiled model runs this one step eagerly: FlopCounterMode sees aten ops, not the fused
+    kernels torch.compile makes of them."""
+    counter = FlopCounterMode(display=False, custom_mapping=attention_flop_formulas())
+    train_model, loop.train_model = loop.train_model, loop.model
+    try:
+        with counter:
+            loop.train_step()
+    finally:
+        loop.train_model = train_model
+    return counter.get_total_flops()
 
-    def __init__(self, model: nn.Module, diffusion: GaussianDiffusion, config: Config, device: torch.device,
-                 *, amp: bool, compile_model: bool):
-        self.cuda = device.type == "cuda"
-        self.config, self.device, self.amp = config, device, amp and self.cuda
-        self.model = model.to(device)
-        if self.cuda and config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.model.train()
-        self.diffusion = diffusion.to(device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=self.cuda or None
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(config.warmup_steps))
-        self.ema = EMA(self.model, config.ema_half_life_kimg, config.ema_rampup)
-        self.train_model = torch.compile(self.model) if compile_model else self.model
-        self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        # Random "images": the content does not change the cost of a step.
-        self.images = torch.randint(0, 256, (1024, 3, config.resolution, config.resolution), dtype=torch.uint8,
-                                    device=device, generator=self.generator)
-        self.step = 0
 
-    def draw_batch(self):
-        b, g = self.config.batch_size, self.generator
-        index = torch.randint(0, self.images.shape[0], (b,), device=self.device, generator=g)
-        x0 = to_model_input(self.images[index], flip=self.config.flip, generator=g)
-        t = self.diffusion.sample_timesteps(b, device=self.device, generator=g)
-        noise = torch.randn(x0.shape, device=self.device, generator=g)
-        if self.cuda and self.config.channels_last:
-            x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
-        return x0, t, noise
-
-    def forward_backward(self, model: nn.Module, counter: FlopCounterMode | None = None) -> None:
-        x0, t, noise = self.draw_batch()
-        with counter or contextlib.nullcontext():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.diffusion.training_loss(model, x0, t=t, noise=noise)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-
-    def train_step(self, counter: FlopCounterMode | None = None) -> None:
-        self.forward_backward(self.train_model, counter)
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        self.ema.update(self.model, self.step * self.config.batch_size, self.config.batch_size)
-
-    def run(self, steps: int, warmup: int) -> tuple[float, int]:
-        """(seconds for `steps` timed steps, FLOPs of one forward + backward). The FLOPs are counted on the eager
-        model during the first warm-up step, or in one extra untimed step when there is none or the model is compiled."""
-        counter = FlopCounterMode(display=False, custom_mapping=attention_flop_formulas())
-        if warmup == 0 or self.train_model is not self.model:
-            self.forward_backward(self.model, counter)
-            self.optimizer.zero_grad(set_to_none=True)
-            for _ in range(warmup):
-                self.train_step()
-        else:
-            self.train_step(counter)
-            for _ in range(warmup - 1):
-                self.train_step()
-        synchronize(self.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.train_step()
-        synchronize(self.device)
-        return time.perf_counter() - start, counter.get_total_flops()
+def time_training(loop: TrainLoop, steps: int, warmup: int) -> tuple[float, int]:
+    """(seconds for `steps` timed loop.train_step() calls, FLOPs of one step). The FLOPs are counted in the first
+    warm-up step, or in one extra untimed step when there is none or the model is compiled (that step is eager)."""
+    compiled = loop.train_model is not loop.model
+    flops = count_train_step_flops(loop)
+    for _ in range(warmup if compiled else max(warmup - 1, 0)):
+        loop.train_step()
+    synchronize(loop.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loop.train_step()
+    synchronize(loop.device)
+    return time.perf_counter() - start, flops
 
 
 def time_sampling(model: nn.Module, diffusion: GaussianDiffusion, device: torch.device, *, batch: int, steps: int,
@@ -295,19 +276,16 @@ class Result:
 
 
 def benchmark(name: str, config: Config, device: torch.device, args, match: DiffusersMatch | None,
-              peak: float | None) -> Result:
-    torch.manual_seed(config.seed)
-    model = build_network(name, config, match)
-    params = sum(p.numel() for p in model.parameters())
-    bench = TrainBench(model, build_diffusion(config), config, device, amp=args.amp, compile_model=args.compile)
-    train_seconds, flops = bench.run(args.steps, args.warmup)
+              peak: float | None, runs_dir: str | Path) -> Result:
+    loop = build_loop(name, config, runs_dir, match)
+    params = sum(p.numel() for p in loop.model.parameters())
+    train_seconds, flops = time_training(loop, args.steps, args.warmup)
     steps_per_s = args.steps / train_seconds
     tflops = flops * steps_per_s / 1e12
-    train_model = bench.model
-    del bench  # free the optimiser state and EMA copy before sampling
+    model, diffusion = loop.model, loop.diffusion
+    del loop  # free the optimiser state, EMA copy and images before sampling
     sample_seconds = time_sampling(
-        train_model, build_diffusion(config), device, batch=args.sample_batch, steps=args.sample_steps,
-        amp=args.amp and device.type == "cuda",
+        model, diffusion, device, batch=args.sample_batch, steps=args.sample_steps, amp=args.amp and device.type == "cuda",
     )
     seconds_ddim50 = sample_seconds / args.sample_steps * REFERENCE_DDIM_STEPS
     result = Result(
@@ -317,7 +295,7 @@ def benchmark(name: str, config: Config, device: torch.device, args, match: Diff
         sample_seconds=sample_seconds, sample_images_per_s_ddim50=args.sample_batch / seconds_ddim50,
         sample_extrapolated=args.sample_steps != REFERENCE_DDIM_STEPS,
     )
-    del train_model, model
+    del model, diffusion
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
@@ -407,12 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     overrides = {k: v for k, v in dict(resolution=args.resolution, batch_size=args.batch_size).items() if v is not None}
-    config = get_config(args.profile or default_profile(), **overrides)
+    config = get_config(args.profile or default_profile(), **overrides, device=str(device), compile=args.compile,
+                        amp=args.amp)
     cuda = device.type == "cuda"
-    if cuda:  # as TrainLoop does
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
 
     device_name = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()} ({os.cpu_count()} logical CPUs, " \
                                                                   f"{torch.get_num_threads()} torch threads)"
@@ -447,13 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     print(flush=True)
 
     results = []
-    for name in [m for m in MODELS if m in args.models]:
-        result = benchmark(name, config, device, args, match, peak)
-        print(f"  {name}: train {fmt_rate(result.train_images_per_s)} img/s ({result.train_seconds:.2f} s for "
-              f"{args.steps} steps), sample {fmt_rate(result.sample_images_per_s_ddim50)} img/s at DDIM-"
-              f"{REFERENCE_DDIM_STEPS} ({result.sample_seconds:.2f} s for {args.sample_steps} steps), "
-              f"{result.flops_per_train_step / 1e9:,.1f} GFLOP per training step", flush=True)
-        results.append(result)
+    with tempfile.TemporaryDirectory(prefix="ddpm-throughput-") as runs_dir:  # TrainLoop's run folders
+        for name in [m for m in MODELS if m in args.models]:
+            result = benchmark(name, config, device, args, match, peak, runs_dir)
+            print(f"  {name}: train {fmt_rate(result.train_images_per_s)} img/s ({result.train_seconds:.2f} s for "
+                  f"{args.steps} steps), sample {fmt_rate(result.sample_images_per_s_ddim50)} img/s at DDIM-"
+                  f"{REFERENCE_DDIM_STEPS} ({result.sample_seconds:.2f} s for {args.sample_steps} steps), "
+                  f"{result.flops_per_train_step / 1e9:,.1f} GFLOP per training step", flush=True)
+            results.append(result)
 
     reference = next((r for r in results if r.model == "diffusers"), None)
     if reference:

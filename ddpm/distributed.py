@@ -59,6 +59,22 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def all_reduce_max(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def all_gather_object(obj, info: DistInfo) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] without torchrun)."""
+    if not info.enabled:
+        return [obj]
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -11,11 +11,17 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
-def ema_decay(images_seen: int, batch_size: int, half_life_kimg: float, rampup: float | None = 0.05) -> float:
+def ema_half_life(images_seen: int, half_life_kimg: float, rampup: float | None = 0.05) -> float:
+    """The half-life in images in force after `images_seen` images: the configured one, or less during the ramp-up.
+    It reaches the configured value after half_life / rampup images (see Config.ema_full_after_kimg)."""
     half_life = half_life_kimg * 1000
     if rampup is not None:
         half_life = min(half_life, images_seen * rampup)
-    return 0.5 ** (batch_size / max(half_life, 1e-8))
+    return half_life
+
+
+def ema_decay(images_seen: int, batch_size: int, half_life_kimg: float, rampup: float | None = 0.05) -> float:
+    return 0.5 ** (batch_size / max(ema_half_life(images_seen, half_life_kimg, rampup), 1e-8))
 
 
 class EMA(AveragedModel):

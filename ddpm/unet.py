@@ -106,11 +106,22 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int, dropout: float):
+    """GroupNorm-SiLU-conv twice with a skip, conditioned on the time embedding in one of two ways:
+
+    - additive (Ho et al.): the projected embedding is added to the features as a per-channel bias;
+    - scale-shift (AdaGN, Dhariwal & Nichol 2021 Table 3): it sets a per-channel scale and shift of the second norm,
+      ``norm(h) * (1 + scale) + shift``, so t can also turn features up or down.
+
+    The projection starts with a SiLU (as in Ho et al. and improved-diffusion): without it the time MLP's last Linear
+    and this one would collapse into a single linear map.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int, dropout: float, scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = group_norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time_proj = nn.Linear(time_dim, out_channels)
+        self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, (2 if scale_shift else 1) * out_channels))
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
@@ -118,8 +129,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_proj(time_emb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        t = self.time_proj(time_emb)[:, :, None, None].to(h.dtype)
+        if self.scale_shift:
+            scale, shift = t.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + t)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -164,9 +180,10 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """The blocks at one resolution: residual blocks, each optionally followed by attention."""
 
-    def __init__(self, channels_in: Sequence[int], out_channels: int, time_dim: int, dropout: float, attention: bool):
+    def __init__(self, channels_in: Sequence[int], out_channels: int, time_dim: int, dropout: float, attention: bool,
+                 scale_shift: bool = False):
         super().__init__()
-        self.res = nn.ModuleList(ResBlock(c, out_channels, time_dim, dropout) for c in channels_in)
+        self.res = nn.ModuleList(ResBlock(c, out_channels, time_dim, dropout, scale_shift) for c in channels_in)
         self.attn = nn.ModuleList(SelfAttention(out_channels) if attention else nn.Identity() for _ in channels_in)
 
 
@@ -180,6 +197,7 @@ class UNet(nn.Module):
         attention_resolutions: Sequence[int] = (16,),
         dropout: float = 0.1,
         in_channels: int = 3,
+        scale_shift_norm: bool = False,
     ):
         super().__init__()
         check_image_size(image_size, channel_mult)
@@ -206,16 +224,17 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mult):
             width = base_channels * mult
             inputs = [channels] + [width] * (num_res_blocks - 1)
-            self.down_levels.append(Level(inputs, width, time_dim, dropout, resolutions[level] in attention_resolutions))
+            self.down_levels.append(Level(inputs, width, time_dim, dropout, resolutions[level] in attention_resolutions,
+                                         scale_shift_norm))
             channels = width
             skip_channels += [width] * num_res_blocks
             if level < len(channel_mult) - 1:
                 self.downsamplers.append(Downsample(channels))
                 skip_channels.append(channels)
 
-        self.mid_res1 = ResBlock(channels, channels, time_dim, dropout)
+        self.mid_res1 = ResBlock(channels, channels, time_dim, dropout, scale_shift_norm)
         self.mid_attn = SelfAttention(channels)
-        self.mid_res2 = ResBlock(channels, channels, time_dim, dropout)
+        self.mid_res2 = ResBlock(channels, channels, time_dim, dropout, scale_shift_norm)
 
         # Decoder: one more block per level than the encoder, each eating one skip.
         self.up_levels = nn.ModuleList()
@@ -226,7 +245,8 @@ class UNet(nn.Module):
             for _ in range(num_res_blocks + 1):
                 inputs.append(channels + skip_channels.pop())
                 channels = width
-            self.up_levels.append(Level(inputs, width, time_dim, dropout, resolutions[level] in attention_resolutions))
+            self.up_levels.append(Level(inputs, width, time_dim, dropout, resolutions[level] in attention_resolutions,
+                                         scale_shift_norm))
             if level > 0:
                 self.upsamplers.append(Upsample(channels))
 

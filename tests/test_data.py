@@ -197,11 +197,54 @@ def test_error_messages(tmp_path: Path, odd_images: Path) -> None:
 
 def test_corrupt_image_is_named(odd_images: Path, tmp_path: Path) -> None:
     (odd_images / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
-    with pytest.raises(DatasetError, match=r"cannot read image 'dogs/broken\.png' in folder .*imgs"):
+    with pytest.raises(DatasetError, match=r"1 unreadable image in .*imgs: dogs/broken\.png \(not an image PIL can"):
         load_images(f"folder:{odd_images}", 16, cache=False)
     zip_path = _zip_folder(odd_images, tmp_path / "with_broken.zip")
-    with pytest.raises(DatasetError, match=r"cannot read image 'dogs/broken\.png' in .*with_broken\.zip"):
+    with pytest.raises(DatasetError, match=r"1 unreadable image in .*with_broken\.zip: dogs/broken\.png \(not an"):
         load_images(f"folder:{zip_path}", 16, cache=False)
+
+
+def _folder_with_three_broken_images(root: Path) -> Path:
+    """Two good PNGs and three broken files: garbage bytes, a truncated PNG, an empty .jpg."""
+    root.mkdir(parents=True)
+    noise = Image.frombytes("RGB", (48, 48), bytes(range(256)) * 27)  # incompressible enough to truncate
+    for name in ("good_a.png", "good_b.png"):
+        noise.save(root / name)
+    (root / "garbage.png").write_bytes(b"these bytes are no image at all")
+    png = (root / "good_a.png").read_bytes()
+    (root / "sub").mkdir()
+    (root / "sub" / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "empty.jpg").write_bytes(b"")
+    return root
+
+
+def test_every_unreadable_image_is_named_in_one_error(tmp_path: Path) -> None:
+    root = _folder_with_three_broken_images(tmp_path / "imgs")
+    with pytest.raises(DatasetError) as info:
+        load_images(f"folder:{root}", 16, data_dir=tmp_path, cache=False)
+    message = str(info.value)
+    assert "\n" not in message and "object at 0x" not in message and "BytesIO" not in message
+    assert message.startswith(f"folder:{root}: 3 unreadable images in {root}: ")
+    assert "empty.jpg (empty file)" in message
+    assert "garbage.png (not an image PIL can read)" in message
+    assert "sub/truncated.png (truncated" in message
+    assert "good_" not in message
+    # A zip of the same files: the same list, and nothing was cached for the refused folder.
+    zip_path = _zip_folder(root, tmp_path / "imgs.zip")
+    with pytest.raises(DatasetError, match=r"3 unreadable images in .*imgs\.zip: empty\.jpg \(empty file\), "
+                                           r"garbage\.png \(not an image PIL can read\), sub/truncated\.png \("):
+        load_images(f"folder:{zip_path}", 16, data_dir=tmp_path)
+    assert not list(tmp_path.glob(".cache/*"))
+
+
+def test_many_unreadable_images_are_all_named(tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(300):  # above the threaded-decoding threshold
+        (root / f"bad_{i:03d}.png").write_bytes(b"nope")
+    with pytest.raises(DatasetError, match="300 unreadable images") as info:
+        load_images(f"folder:{root}", 16, cache=False)
+    assert all(f"bad_{i:03d}.png (not an image PIL can read)" in str(info.value) for i in range(300))
 
 
 # ---------------------------------------------------------------- torchvision (faked: tests never download)

@@ -149,3 +149,104 @@ def test_perfect_prediction_recovers_x0_and_noise(prediction):
     assert torch.allclose(x0_hat, x0, atol=2e-3) and torch.allclose(eps_hat[1:], noise[1:], atol=2e-3)
     loss = d.training_loss(lambda x, tt: d.training_target(x0, tt, noise), x0, t=t, noise=noise)
     assert loss.item() == pytest.approx(0.0, abs=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# DPM-Solver++(2M) on Gaussian data, where the exact noise predictor and the exact ODE solution are closed forms.
+MU, S = 0.2, 0.15  # data x0 ~ N(MU, S^2) in every pixel
+
+
+def exact_eps_model(d: GaussianDiffusion):
+    """E[eps | x_t] for Gaussian data: x_t = a x0 + s eps, so eps_hat = s (x_t - a MU) / (a^2 S^2 + s^2)."""
+    def model(x, t):
+        a2 = d.alpha_bar_f64[t].reshape(-1, 1, 1, 1)
+        return ((1 - a2).sqrt() * (x.double() - a2.sqrt() * MU) / (a2 * S**2 + 1 - a2)).to(x.dtype)
+    return model
+
+
+def exact_ode_endpoint(d: GaussianDiffusion, x_T: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE moves every x_t along its standardised value z = (x_t - a MU) / sqrt(a^2 S^2 + s^2),
+    which it keeps: x_0 = MU + S z_T."""
+    a2 = d.alpha_bar_f64[-1]
+    return MU + S * (x_T.double() - a2.sqrt() * MU) / (a2 * S**2 + 1 - a2).sqrt()
+
+
+@pytest.fixture(scope="module")
+def gaussian_case():
+    d = GaussianDiffusion(1000, "linear")
+    x_T = torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    return d, exact_eps_model(d), x_T, exact_ode_endpoint(d, x_T)
+
+
+def solve(case, sampler, steps):
+    d, model, x_T, _ = case
+    return d.sample(model, x_T.shape, sampler=sampler, steps=steps, noise=x_T, clip=False).double()
+
+
+def test_dpm_solver_reaches_the_exact_ode_solution_in_few_steps(gaussian_case):
+    exact = gaussian_case[3]
+    errors = {steps: (solve(gaussian_case, "dpmpp2m", steps) - exact).abs().max().item() for steps in (10, 25, 100)}
+    assert errors[25] < 0.01 and errors[100] < 0.001, errors
+    ddim_25 = (solve(gaussian_case, "ddim", 25) - exact).abs().max().item()
+    assert errors[25] * 10 < ddim_25, (errors, ddim_25)  # second order on a log-SNR grid vs first order
+    x = solve(gaussian_case, "dpmpp2m", 25)
+    assert x.mean().item() == pytest.approx(MU, abs=0.01) and x.std().item() == pytest.approx(S, abs=0.01)
+
+
+def test_dpm_solver_and_ddim_agree_as_steps_grow(gaussian_case):
+    gaps = [(solve(gaussian_case, "dpmpp2m", n) - solve(gaussian_case, "ddim", n)).abs().max().item()
+            for n in (10, 50, 250, 1000)]
+    assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] < 0.01, gaps  # DDIM, first order, is still ~5e-3 from the exact ODE solution at T steps
+
+
+def test_solver_timesteps_are_log_snr_spaced_and_exactly_as_many_as_asked():
+    d = GaussianDiffusion(1000, "linear")
+    for steps in (1, 2, 10, 25, 999, 1000):
+        grid = d.solver_timesteps(steps)
+        assert len(grid) == steps and grid == sorted(set(grid)) and grid[-1] == 999
+    lam = d.half_log_snr_f64[d.solver_timesteps(20)]
+    gaps = lam[:-1] - lam[1:]
+    assert gaps.max() < 1.5 * gaps.min() + 0.2  # even in lambda, up to the rounding to integer steps
+    with pytest.raises(ValueError, match="solver steps must be between 1 and T=1000"):
+        d.solver_timesteps(0)
+
+
+def test_dpm_solver_returns_images_and_a_trajectory():
+    d = GaussianDiffusion(50)
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    x, trajectory = d.sample(model, (2, 3, 4, 4), sampler="dpmpp2m", steps=8, return_trajectory=True,
+                             generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 4, 4) and x.abs().max() <= 1
+    assert [t for t, _ in trajectory][0] == 50 and trajectory[-1][0] == 0 and len(trajectory) == 9
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Min-SNR-gamma weighting
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_weights_match_hang_et_al(prediction):
+    d = GaussianDiffusion(1000, "linear", prediction, min_snr_gamma=5.0)
+    snr = d.alpha_bar_f64 / (1 - d.alpha_bar_f64)
+    expected = snr.clamp(max=5) / (snr if prediction == "eps" else snr + 1)
+    torch.testing.assert_close(d.loss_weight, expected.float())
+    low_snr = snr < 5
+    if prediction == "eps":  # eps loss: untouched where SNR <= gamma, down-weighted on the nearly clean steps
+        assert torch.all(d.loss_weight[low_snr] == 1) and torch.all(d.loss_weight[~low_snr] < 1)
+    assert GaussianDiffusion(1000, prediction=prediction).loss_weight.eq(1).all()
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_loss_is_the_weighted_per_image_mse(prediction):
+    torch.manual_seed(0)
+    x0, noise = torch.rand(6, 3, 4, 4) * 2 - 1, torch.randn(6, 3, 4, 4)
+    t = torch.tensor([0, 10, 100, 400, 800, 999])
+    model = lambda x, t: 0.5 * x  # noqa: E731
+    plain = GaussianDiffusion(1000, prediction=prediction)
+    weighted = GaussianDiffusion(1000, prediction=prediction, min_snr_gamma=5.0)
+    target = plain.training_target(x0, t, noise)
+    per_image = ((model(plain.q_sample(x0, t, noise), t) - target) ** 2).flatten(1).mean(1)
+    assert plain.training_loss(model, x0, t=t, noise=noise).item() == pytest.approx(per_image.mean().item(), rel=1e-6)
+    expected = (weighted.loss_weight[t] * per_image).mean().item()
+    assert weighted.training_loss(model, x0, t=t, noise=noise).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
+        GaussianDiffusion(1000, min_snr_gamma=0)

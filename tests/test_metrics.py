@@ -218,3 +218,28 @@ def test_REAL_INCEPTION_matches_fid_helper():
 
     assert torch.allclose(ours_real, torch.from_numpy(np.stack(helper.ref_feats_list)), atol=1e-5)
     assert ours == pytest.approx(theirs, rel=1e-3), (ours, theirs)
+
+
+def test_inception_features_run_in_full_float32_whatever_the_caller_set(monkeypatch):
+    # The trainer turns TF32 on for the process, and evaluation may run under bf16 autocast: inside the feature
+    # network neither may hold, or GPU FIDs would differ from CPU FIDs.
+    seen = {}
+
+    class FakeInception(nn.Module):
+        def forward(self, x):
+            seen.update(cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+                        autocast=torch.is_autocast_enabled("cpu"), dtype=x.dtype)
+            return x.mean(dim=(2, 3)).repeat(1, 2048 // 3 + 1)[:, :2048]
+
+    monkeypatch.setattr(metrics, "_load_inception", lambda device: FakeInception())
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        images = torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features = metrics.InceptionFeatures()(images)
+        assert seen == dict(cudnn_tf32=False, matmul_tf32=False, autocast=False, dtype=torch.float32)
+        assert features.dtype == torch.float32 and features.shape == (2, 2048)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored afterwards
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

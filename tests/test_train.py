@@ -61,10 +61,11 @@ def test_interrupted_run_saves_and_resumes_where_it_stopped(tiny_config, monkeyp
     assert resumed.run().finished
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_config):
-    loop = TrainLoop(tiny_config, verbose=False)
+def test_nan_losses_are_skipped_then_stop_with_a_clear_message_and_the_last_good_checkpoint(tiny_config):
+    loop = TrainLoop(tiny_config.replace(max_skipped_steps=3), verbose=False)
     loop.run(until_step=4)  # checkpoint_every=4: a good checkpoint at step 4
     good = torch.load(loop.checkpoint_path, weights_only=True)["model"]
+
     class PoisonedModel(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
@@ -74,11 +75,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
             return self.inner(x, t) * float("nan")
 
     loop.train_model = PoisonedModel(loop.train_model)
-    with pytest.raises(TrainingDiverged, match=r"loss became nan by step 5 .* last good checkpoint is .*checkpoint.pt"):
+    with pytest.raises(TrainingDiverged, match=r"last 3 steps had non-finite gradients and were skipped \(step 7\).* "
+                                               r"last good checkpoint is .*checkpoint.pt"):
         loop.run()
     kept = torch.load(loop.checkpoint_path, weights_only=True)
     assert kept["step"] == 4 and all(torch.equal(kept["model"][k], good[k]) for k in good)
+    assert all(torch.equal(loop.model.state_dict()[k], good[k]) for k in good)  # the skipped steps changed nothing
     assert "diverged" in (tiny_config.run_dir / "log.txt").read_text()
+    assert [r["skipped_steps"] for r in read_stats(tiny_config.run_dir)][-3:] == [1, 2, 3]
 
 
 def test_resuming_with_another_config_is_refused(tiny_config):
@@ -127,8 +131,91 @@ def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
 
 
 def test_a_corrupt_checkpoint_is_named_in_the_error(tmp_path):
+    from ddpm.checkpoint import CheckpointError
+
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="could not read checkpoint .*checkpoint.pt"):
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt is not a ddpm checkpoint \(expected a torch file"):
         load_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_run(tmp_path / "missing")
+
+
+def test_a_step_with_nan_gradients_is_skipped_and_never_reaches_a_checkpoint(tiny_config):
+    # The review's reproduction: finite loss, one parameter's gradient NaN at step 5; checkpoints every step, the loss
+    # read every 3 steps. Without the guard AdamW writes NaN into the weights and the EMA, and the checkpoint of step 5
+    # holds them before the loss is ever read.
+    config = tiny_config.replace(checkpoint_every=1, log_every=3)
+    loop = TrainLoop(config, verbose=False)
+    reference = TrainLoop(config.replace(runs_dir=str(config.run_dir.parent / "reference")), verbose=False)
+    reference.run(until_step=4)
+    parameter = next(loop.model.parameters())
+    parameter.register_hook(lambda grad: grad * float("nan") if loop.step == 4 else grad)
+    loop.run(until_step=5)
+    assert loop.step == 5
+    kept = torch.load(loop.checkpoint_path, weights_only=True)
+    assert kept["step"] == 5
+    for k, v in kept["model"].items():  # skipped: the weights of step 4, and finite
+        assert torch.isfinite(v).all() and torch.equal(v, reference.model.state_dict()[k]), k
+    assert all(torch.isfinite(v).all() for v in kept["ema"].values() if v.is_floating_point())
+    result = loop.run()  # then training goes on
+    assert result.finished and all(torch.isfinite(p).all() for p in loop.model.parameters())
+    assert read_stats(config.run_dir)[-1]["skipped_steps"] == 1
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tiny_config):
+    loop = TrainLoop(tiny_config, verbose=False)
+    loop.run(until_step=4)
+    good = torch.load(loop.checkpoint_path, weights_only=True)
+    with torch.no_grad():
+        next(loop.ema.parameters()).view(-1)[0] = float("inf")  # however it happened
+    with pytest.raises(TrainingDiverged, match="weights are no longer finite at step 4, so no checkpoint was written"):
+        loop.save_checkpoint()
+    kept = torch.load(loop.checkpoint_path, weights_only=True)
+    assert all(torch.equal(kept["ema"][k], v) for k, v in good["ema"].items())
+
+
+def test_ctrl_c_inside_a_step_finishes_the_step_before_the_checkpoint(tiny_config, tmp_path):
+    # SIGINT lands between the optimiser step and the EMA update of step 5: the run must still stop on a whole step,
+    # so that resuming gives exactly the uninterrupted run.
+    import signal
+
+    config = tiny_config.replace(dropout=0.1)
+    loop = TrainLoop(config, verbose=False)
+
+    def ctrl_c_after_the_optimizer_step(optimizer, args, kwargs):
+        if loop.step == 4:
+            signal.raise_signal(signal.SIGINT)
+
+    handle = loop.optimizer.register_step_post_hook(ctrl_c_after_the_optimizer_step)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()
+    handle.remove()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    saved = torch.load(loop.checkpoint_path, weights_only=True)
+    assert saved["step"] == 5 and saved["ema"]["n_averaged"].item() == 5
+    resumed = TrainLoop(config, verbose=False)
+    resumed.run()
+    straight = TrainLoop(config.replace(runs_dir=str(tmp_path / "straight")), verbose=False)
+    straight.run()
+    for mine, theirs in [(resumed.model, straight.model), (resumed.ema, straight.ema)]:
+        a, b = weights(mine), weights(theirs)
+        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu", "gpu-long"])
+def test_every_profile_reaches_its_configured_ema_half_life(profile):
+    from ddpm.config import get_config
+    from ddpm.ema import ema_half_life
+
+    config = get_config(profile, use_env=False)
+    images = config.total_steps * config.batch_size
+    assert ema_half_life(images, config.ema_half_life_kimg, config.ema_rampup) == config.ema_half_life_kimg * 1000
+    assert config.ema_full_after_kimg * 1000 <= 0.75 * images  # and holds it for the last quarter of the run at least
+
+
+def test_the_effective_ema_half_life_is_logged(tiny_config):
+    config = tiny_config.replace(ema_half_life_kimg=0.02, ema_rampup=0.5, log_every=2)
+    result = train(config, verbose=False)
+    logged = [r["ema_half_life_kimg"] for r in read_stats(result.run_dir)]
+    assert logged == [min(0.02, step * 4 * 0.5 / 1000) for step in (2, 4, 6, 8)]
+    assert "EMA half-life 0.02 kimg" in (result.run_dir / "log.txt").read_text()

