@@ -116,6 +116,7 @@ def mirror_diffusers_config(config: Config, base_channels: int | None = None, la
         attention_head_dim=min(64, *attended),
         norm_num_groups=math.gcd(32, max(1, base // 4)),
         dropout=config.dropout,
+        resnet_time_scale_shift="scale_shift" if config.scale_shift_norm else "default",  # AdaGN, as ours
     )
 
 

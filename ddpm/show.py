@@ -14,7 +14,7 @@ def source_markdown(*objects) -> str:
     blocks = []
     for obj in objects:
         lines, first_line = inspect.getsourcelines(obj)
-        path = Path(inspect.getsourcefile(obj)).resolve()
+        path = Path(inspect.getsourcefile(inspect.unwrap(obj))).resolve()  # decorated (no_grad): the function's file
         try:
             path = path.relative_to(REPO_ROOT)
         except ValueError:

@@ -115,3 +115,12 @@ def test_cli_reports_divergence_interrupts_and_os_errors_in_one_line(tmp_path, c
     monkeypatch.setattr(ddpm.train, "train", fails_with(ZeroDivisionError("a bug")))
     with pytest.raises(ZeroDivisionError):  # programming errors keep their traceback
         main(argv)
+
+
+def test_shown_source_names_the_package_file_even_for_decorated_methods():
+    from ddpm.diffusion import GaussianDiffusion
+    from ddpm.show import source_markdown
+
+    text = source_markdown(GaussianDiffusion.ddim_step, GaussianDiffusion.dpm_solver_step)
+    assert text.startswith("`ddpm/diffusion.py:") and "_contextlib" not in text
+    assert "def dpm_solver_step(" in text
