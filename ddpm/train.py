@@ -11,6 +11,7 @@ A run folder (``runs/<profile>-<model>-<dataset>-<res>px/``) holds:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -268,27 +269,24 @@ class TrainLoop:
         self.log(f"reached step {self.step} in {self.seconds:.0f} s of training; run folder {self.run_dir}")
         return TrainResult(self.run_dir, self.step, self.step >= cfg.total_steps, self.seconds, losses)
 
+    @contextlib.contextmanager
     def ctrl_c_between_steps(self):
         """While training, Ctrl-C (SIGINT) only asks to stop: the loop finishes the step, checkpoints and raises
         KeyboardInterrupt, so no checkpoint holds half a step. A second Ctrl-C interrupts at once."""
-        loop = self
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            yield
+            return
 
-        class Handler:
-            def __enter__(self):
-                self.previous = None
-                if threading.current_thread() is threading.main_thread():
-                    self.previous = signal.signal(signal.SIGINT, self.handle)
+        def request_stop(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
 
-            def handle(self, signum, frame):
-                if loop.stop_requested:
-                    raise KeyboardInterrupt
-                loop.stop_requested = True
-
-            def __exit__(self, *exc):
-                if self.previous is not None:
-                    signal.signal(signal.SIGINT, self.previous)
-
-        return Handler()
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def interrupted(self, at_log_step: bool) -> bool:
         """Whether Ctrl-C asked to stop. With several processes they agree first (at log steps only, to keep the
