@@ -1,6 +1,6 @@
 # ddpm-flowers. Two commands on a fresh machine:
 #   make run    set up .venv, then execute solution.ipynb headless with the profile that fits the hardware
-#   make test   set up .venv, then run the unit tests and the notebook under nbval (smoke profile)
+#   make test   set up .venv, then run the unit tests (with the smoke rehearsal of reproduce) and the notebook under nbval
 SHELL := /bin/bash
 PYTHON_SYS ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Profile of `make run`: DDPM_PROFILE if set, else the package picks it from the hardware (gpu with CUDA, else cpu).
 export DDPM_PROFILE
 
-.PHONY: help venv run notebook test unit nbval lint bench clean
+.PHONY: help venv run reproduce plan rehearse notebook test unit nbval lint bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,6 +27,15 @@ run: venv  ## Execute solution.ipynb headless -> outputs/solution.<profile>.ipyn
 	echo "executing solution.ipynb with profile $$profile"; \
 	time $(PY) -m jupyter nbconvert --to notebook --execute solution.ipynb --ExecutePreprocessor.timeout=-1 \
 		--output-dir outputs --output solution.$$profile.ipynb
+
+reproduce: venv  ## Make the profile's plan: train, evaluate, execute the notebook, write results (resumable)
+	time $(PY) -m ddpm reproduce
+
+plan: venv  ## FLOPs and estimated minutes of each phase of the profile's plan (MFU=0.35 PEAK_TFLOPS=800)
+	$(PY) -m ddpm plan --list --mfu $(or $(MFU),0.35) --peak-tflops $(or $(PEAK_TFLOPS),800)
+
+rehearse: venv  ## Only CI's rehearsal of reproduce: the smoke plan end to end, then the notebook alone
+	$(PY) -m pytest tests/test_reproduce.py -k REHEARSAL
 
 notebook: venv  ## Execute solution.ipynb in place (refreshes the committed outputs)
 	time $(PY) -m jupyter nbconvert --to notebook --execute solution.ipynb --ExecutePreprocessor.timeout=-1 --inplace

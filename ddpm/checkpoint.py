@@ -12,10 +12,19 @@ import torch
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+def _default_mode() -> int:
+    """The mode a plain open() would give a new file (0666 less the umask): mkstemp's 0600 is for the temporary file
+    only, and the result must stay readable by the user's other tools and groups."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_save(obj, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, _default_mode())
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -31,6 +40,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, _default_mode())
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -66,8 +76,8 @@ def _load_failure(path: Path, error: Exception) -> str:
     return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """The checkpoint dict at `path`.
+def load_checkpoint(path: Path, map_location="cpu", *, mmap: bool = False) -> dict:
+    """The checkpoint dict at `path` (mmap=True: tensors stay in the file until read, to look at the step or config).
 
     FileNotFoundError: nothing there. CheckpointError (a ValueError): a file that is not a ddpm checkpoint
     (truncated, another format, or a torch file without the checkpoint's keys). OSError: the file cannot be read.
@@ -76,7 +86,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: train first (python -m ddpm train) or check the run folder")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # a truncated or foreign file: say which one
         if isinstance(error, OSError) and error.errno is not None:
             raise  # permission denied, I/O error: a problem of the file system, not of the content

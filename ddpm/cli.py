@@ -1,4 +1,4 @@
-"""``python -m ddpm train|sample|fid|config``: the package outside the notebook.
+"""``python -m ddpm train|sample|fid|config|plan|reproduce``: the package outside the notebook.
 
 Every config field is a flag of ``train`` (``--batch-size 16``, ``--channel-mult 1,2,2``, ``--no-amp``), on top of a
 profile (``--profile cpu``; default: env DDPM_PROFILE, else from the hardware). Env vars ``DDPM_<FIELD>`` work too.
@@ -87,6 +87,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ddpm.budget import format_costs, plan_costs
+    from ddpm.plan import build_plan
+    from ddpm.show import markdown_table
+
+    plan = build_plan(get_config(args.profile))
+    if args.list:
+        print(markdown_table(plan.describe()))
+        print()
+    print(format_costs(plan, plan_costs(plan, mfu=args.mfu, peak_tflops=args.peak_tflops), mfu=args.mfu,
+                       peak_tflops=args.peak_tflops))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from ddpm.reproduce import PHASES, reproduce
+
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip()) if args.phases else PHASES
+    reproduce(args.profile, phases=phases, notebook_out=Path(args.notebook_out) if args.notebook_out else None,
+              readme=Path(args.readme) if args.readme else None, rerun_notebook=args.rerun_notebook)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ddpm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--until-step", type=int, default=None, help="stop at this step (resume later)")
         p.set_defaults(func=func)
+
+    profile_help = f"named profile (default: env DDPM_PROFILE, else from the hardware: now {default_profile()!r})"
+    p = sub.add_parser("plan", help="the runs and evaluations of a profile's reference plan, with their FLOPs and time",
+                       description="Print every phase of the profile's plan (ddpm/plan.py) with its FLOPs, counted with "
+                                   "FlopCounterMode on the real networks, and its time at the given MFU; then the "
+                                   "fixed costs and the total. Override sizes with DDPM_<FIELD> variables.")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None, help=profile_help)
+    p.add_argument("--mfu", type=float, default=0.35, help="model FLOP utilisation to assume (default 0.35)")
+    p.add_argument("--peak-tflops", type=float, default=800.0,
+                   help="the accelerator's dense bf16 peak in TFLOP/s (default 800: one H100)")
+    p.add_argument("--list", action="store_true", help="also list the runs and evaluations as a table")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("reproduce", help="train, evaluate, execute the notebook and write the results of a profile's plan",
+                       description="Carry out the profile's plan: train every run, evaluate every evaluation, execute "
+                                   "solution.ipynb headless, write figures/<profile>/results.* and the README block. "
+                                   "Each phase resumes, and skips what exists for the same config.")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None, help=profile_help)
+    p.add_argument("--phases", default=None, help="comma-separated subset of train,evaluate,notebook,results "
+                                                  "(default: all, in that order)")
+    p.add_argument("--notebook-out", default=None, help="executed notebook (default outputs/solution.<profile>.ipynb)")
+    p.add_argument("--readme", default=None, help="README whose results block is rewritten (default README.md)")
+    p.add_argument("--rerun-notebook", action="store_true",
+                   help="execute the notebook even if it was executed on the same plan and runs")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("sample", help="sample a 4x8 grid (and optionally a denoising GIF) from a run's checkpoint")
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt file")
@@ -135,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     file-system error; 130: Ctrl-C). Any other exception is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ddpm.reproduce import NotebookFailed
     from ddpm.train import TrainingDiverged  # imported late, like the modules of the sub-commands
 
     try:
@@ -142,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C)", file=sys.stderr)  # training has already saved its checkpoint if it could
         return 130
-    except TrainingDiverged as error:  # the message names the run folder and the checkpoint that was kept
+    except (TrainingDiverged, NotebookFailed) as error:  # the message names the run folder or the partial notebook
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as error:

@@ -24,8 +24,10 @@ MODELS = ("unet", "baseline")
 RUNTIME_FIELDS = frozenset(
     {"device", "compile", "log_every", "checkpoint_every", "sample_every", "runs_dir", "run_name", "progress", "figures_dir",
      # the length may grow (train a finished run for longer) and the evaluation budget is not training
-     "train_steps", "train_kimg", "sample_steps", "fid_samples", "fid_ddpm_samples", "fid_real", "fid_batch_size",
-     "max_skipped_steps"}
+     "train_steps", "train_kimg", "sample_steps", "max_skipped_steps",
+     # a time cap may be raised to train a capped run on; the plan's side-run length and evaluation budget are not
+     # properties of one run
+     "train_minutes", "side_kimg", "fid_samples", "fid_compare_samples", "fid_real", "fid_batch_size", "solver_steps"}
 )
 
 
@@ -60,6 +62,9 @@ class Config:
     max_skipped_steps: int = 20  # steps in a row with non-finite gradients (skipped) after which training stops
     train_steps: int | None = None  # training length in steps ...
     train_kimg: float | None = 1000.0  # ... or in thousands of images seen (used when train_steps is None)
+    # Wall-clock cap on training, in minutes (None: none). Training stops cleanly at the first log step past it,
+    # checkpoints, and the run then counts as finished at the images it has seen.
+    train_minutes: float | None = None
     ema_half_life_kimg: float = 50.0  # EMA as a half-life in images (EDM): independent of the batch size
     # Warm-up: the half-life is at most this fraction of the images seen so far, so the configured one is in force
     # after ema_half_life_kimg / ema_rampup kimg. Every profile gets there before the last quarter of its run.
@@ -79,11 +84,13 @@ class Config:
     run_name: str | None = None
     figures_dir: str = "figures"  # the notebook writes its figures to <figures_dir>/<profile>/
     progress: bool = True
-    # evaluation (FID/KID) budget of this profile
-    fid_samples: int = 8189  # generated images per FID/KID evaluation
-    fid_ddpm_samples: int = 1024  # fewer for the 1000-step DDPM sampler (10x the cost of DDIM-100)
+    # The reference plan of this profile (ddpm/plan.py): the length of the side runs, and the evaluation budget
+    side_kimg: float = 60.0  # thousands of images each side run (pets, craters) trains on
+    fid_samples: int = 8189  # generated images of the headline FID/KID rows (baseline and improved, EMA, solver)
+    fid_compare_samples: int = 1024  # ... of every other row: samplers, raw weights, pets and craters
     fid_real: int | None = None  # real images to compare with (None: the whole dataset)
     fid_batch_size: int = 256
+    solver_steps: int = 20  # steps of the few-step solver (DPM-Solver++(2M)) in the evaluations
 
     # ------------------------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -95,12 +102,26 @@ class Config:
                      "max_skipped_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("train_minutes", "side_kimg"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive (or None), got {getattr(self, name)}")
+        for name in ("fid_samples", "fid_compare_samples", "solver_steps"):
+            if getattr(self, name) < (2 if name.startswith("fid") else 1):
+                raise ValueError(f"{name} must be at least {2 if name.startswith('fid') else 1}, got {getattr(self, name)}")
 
     @property
     def total_steps(self) -> int:
         if self.train_steps is not None:
             return self.train_steps
         return math.ceil(self.train_kimg * 1000 / self.batch_size)
+
+    def finished(self, step: int, seconds: float) -> bool:
+        """Whether a run of this config that reached `step` after `seconds` of training is done: it trained all its
+        steps, or it stopped at the time cap (train_minutes)."""
+        return step >= self.total_steps or self.time_is_up(seconds)
+
+    def time_is_up(self, seconds: float) -> bool:
+        return self.train_minutes is not None and seconds >= self.train_minutes * 60
 
     @property
     def ema_full_after_kimg(self) -> float:
@@ -132,6 +153,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
+        values = {k: v for k, v in values.items() if k not in RETIRED_FIELDS}  # run folders of older versions load
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -144,6 +166,16 @@ class Config:
     @classmethod
     def load(cls, path: Path) -> "Config":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def display_path(path: Path) -> str:
+    """A path as messages show it: relative to the repository when inside it (notebook outputs stay machine-free)."""
+    path = Path(path)
+    return str(path.relative_to(REPO_ROOT)) if path.is_absolute() and path.is_relative_to(REPO_ROOT) else str(path)
+
+
+# Runtime fields of earlier versions, ignored when an old config.json or checkpoint is read.
+RETIRED_FIELDS = frozenset({"fid_ddpm_samples"})
 
 
 def resolve_path(path: str) -> Path:
@@ -163,7 +195,7 @@ PROFILES: dict[str, dict] = {
         resolution=32, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
         dropout=0.0, timesteps=100, batch_size=16, lr=1e-3, warmup_steps=10, train_steps=60, train_kimg=None,
         ema_half_life_kimg=0.05, log_every=10, checkpoint_every=30, sample_every=1000, sample_steps=10,
-        fid_samples=16, fid_ddpm_samples=16, fid_real=32, fid_batch_size=16,
+        side_kimg=0.24, fid_samples=16, fid_compare_samples=16, fid_real=32, fid_batch_size=16, solver_steps=10,
     ),
     # A laptop (2 CPU cores): flower colours and rough shapes at 32 px. Measured on this project's 2-core dev machine:
     # the improved UNet (1.7M parameters) trained 1000 steps in 496 s (64.5 img/s); attention only in the middle (8x8),
@@ -172,21 +204,23 @@ PROFILES: dict[str, dict] = {
         resolution=32, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(),
         dropout=0.0, batch_size=32, lr=5e-4, warmup_steps=100, train_steps=1000, train_kimg=None,
         ema_half_life_kimg=2.0, log_every=25, checkpoint_every=250, sample_every=500, sample_steps=50,
-        fid_samples=32, fid_ddpm_samples=32, fid_real=256, fid_batch_size=32,
+        side_kimg=8.0, fid_samples=32, fid_compare_samples=32, fid_real=256, fid_batch_size=32,
     ),
-    # The reference run on one H100: baseline + improved training + evaluation in about 20 minutes.
+    # The reference plan on one H100 (ddpm/plan.py), fitted to 15 minutes at 35% MFU: `python -m ddpm plan --profile gpu`.
+    # The improved UNet at base 64 with multipliers 1-2-4-4 (26.3M parameters, 17.8 GFLOP forward at 64 px: 2.6x
+    # cheaper per image than Ho et al.'s CIFAR-10 widths), trained on 2.35M images (7.5 min at 35% MFU), capped at 8 min.
     "gpu": dict(
-        resolution=64, base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
-        dropout=0.1, batch_size=128, lr=2e-4, warmup_steps=500, train_kimg=1200.0,
+        resolution=64, base_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(16,),
+        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=500, train_kimg=2350.0, train_minutes=8.0,
         ema_half_life_kimg=50.0, log_every=100, checkpoint_every=2000, sample_every=2500, compile=True,
-        fid_samples=8189, fid_batch_size=512,
+        side_kimg=60.0, fid_samples=8189, fid_compare_samples=1024, fid_batch_size=512, solver_steps=20,
     ),
-    # For users with hours: the same network, trained ~12x longer.
+    # For users with hours: the same network and plan, trained 10x longer and without a time cap.
     "gpu-long": dict(
-        resolution=64, base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
-        dropout=0.1, batch_size=128, lr=2e-4, warmup_steps=1000, train_kimg=15000.0,
+        resolution=64, base_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(16,),
+        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=1000, train_kimg=25000.0,
         ema_half_life_kimg=250.0, log_every=200, checkpoint_every=5000, sample_every=10000, compile=True,
-        fid_samples=8189, fid_batch_size=512,
+        side_kimg=600.0, fid_samples=8189, fid_compare_samples=1024, fid_batch_size=512, solver_steps=20,
     ),
 }
 

@@ -78,3 +78,12 @@ def all_gather_object(obj, info: DistInfo) -> list:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def describe_hardware(device: torch.device) -> str:
+    """The hardware a result was measured on, in words: the GPU's name, or the CPU's core count."""
+    import platform
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"

@@ -399,6 +399,7 @@ def evaluate_run(
         "kid_subsets": kid_subsets,
         "num_generated": len(fake),
         "num_real": len(real),
+        "num_real_requested": num_real,  # None: all of them
         "sampler": sampler,
         "steps": steps,
         "eta": eta,

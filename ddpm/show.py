@@ -58,14 +58,16 @@ def show_image(path: Path | str, width: int | None = None) -> None:
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def readme_results_block(profile: str, figures_dir: Path | None = None) -> str:
+def readme_results_block(profile: str, figures_dir: Path | None = None, readme: Path | None = None) -> str:
     import json
+    import os
 
-    figures = (figures_dir or REPO_ROOT / "figures") / profile
+    figures = Path(figures_dir or REPO_ROOT / "figures") / profile
+    readme = Path(readme or REPO_ROOT / "README.md")
     summary = json.loads((figures / "results.json").read_text())
     improved = next(r for r in summary["training"] if "-unet-flowers102-" in r["run"])
     name = improved["run"]
-    relative = figures.relative_to(REPO_ROOT)
+    relative = Path(os.path.relpath(figures, readme.resolve().parent)).as_posix()  # links work from the README
     lines = [
         f"### Results of the committed run (profile `{profile}`, {summary['hardware']})",
         "",
@@ -82,12 +84,16 @@ def readme_results_block(profile: str, figures_dir: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def update_readme(profile: str, readme: Path | None = None) -> None:
-    readme = readme or REPO_ROOT / "README.md"
+def update_readme(profile: str, readme: Path | None = None, figures_dir: Path | None = None) -> None:
+    """Rewrite the results block between the markers of the README from figures/<profile>/results.*."""
+    readme = Path(readme or REPO_ROOT / "README.md")
     text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results block: it needs the lines {README_START} and {README_END}")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{readme_results_block(profile)}\n{README_END}{tail}")
+    block = readme_results_block(profile, figures_dir, readme)
+    readme.write_text(f"{head}{README_START}\n{block}\n{README_END}{tail}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddpm import data as ddpm_data
 from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
-from ddpm.config import RUNTIME_FIELDS, Config
+from ddpm.config import RUNTIME_FIELDS, Config, display_path
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import DistInfo, all_gather_object, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from ddpm.ema import EMA, ema_half_life
@@ -216,8 +216,8 @@ class TrainLoop:
         cfg = self.config
         end = min(cfg.total_steps, until_step) if until_step is not None else cfg.total_steps
         losses: list[tuple[int, float]] = []
-        if self.step >= end:
-            return TrainResult(self.run_dir, self.step, self.step >= cfg.total_steps, self.seconds, losses)
+        if self.step >= end or cfg.time_is_up(self.seconds):
+            return TrainResult(self.run_dir, self.step, cfg.finished(self.step, self.seconds), self.seconds, losses)
         self.log(
             f"training {cfg.model} ({sum(p.numel() for p in self.model.parameters()):,} parameters) on {cfg.dataset} "
             f"{cfg.resolution}px, {len(self.images)} images, steps {self.step} -> {end} of {cfg.total_steps}, "
@@ -249,6 +249,8 @@ class TrainLoop:
                         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
                         self.write_stats(loss, images_per_s)
                         self.check_divergence(loss)
+                        if self.out_of_time():  # train_minutes: this step is the run's last
+                            last, end = True, self.step
                     if self.step % cfg.checkpoint_every == 0 or last:
                         self.save_checkpoint()
                     if self.step % cfg.sample_every == 0 or last:
@@ -266,8 +268,11 @@ class TrainLoop:
                 self.log(f"interrupted at step {self.step}; checkpoint saved, run again to resume")
             raise
         bar.close()
-        self.log(f"reached step {self.step} in {self.seconds:.0f} s of training; run folder {self.run_dir}")
-        return TrainResult(self.run_dir, self.step, self.step >= cfg.total_steps, self.seconds, losses)
+        if self.step < cfg.total_steps and cfg.time_is_up(self.seconds):
+            self.log(f"stopped at the time cap (train_minutes={cfg.train_minutes:g}) at step {self.step} of "
+                     f"{cfg.total_steps}, after {self.step * cfg.batch_size:,} images; the run counts as finished")
+        self.log(f"reached step {self.step} in {self.seconds:.0f} s of training; run folder {display_path(self.run_dir)}")
+        return TrainResult(self.run_dir, self.step, cfg.finished(self.step, self.seconds), self.seconds, losses)
 
     @contextlib.contextmanager
     def ctrl_c_between_steps(self):
@@ -287,6 +292,15 @@ class TrainLoop:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+
+    def out_of_time(self) -> bool:
+        """Whether the training time has reached train_minutes (at log steps, where self.seconds is current). With
+        several processes, rank 0's clock decides for all, so that they stop after the same step."""
+        up = self.config.time_is_up(self.seconds)
+        if not self.dist.enabled:
+            return up
+        flag = torch.tensor(float(up and self.dist.is_main), device=self.device)
+        return bool(all_reduce_max(flag, self.dist).item())
 
     def interrupted(self, at_log_step: bool) -> bool:
         """Whether Ctrl-C asked to stop. With several processes they agree first (at log steps only, to keep the
@@ -433,7 +447,11 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.step >= self.config.total_steps
+        return self.config.finished(self.step, self.seconds)
+
+    @property
+    def images_seen(self) -> int:
+        return self.step * self.config.batch_size
 
     @property
     def stats(self) -> list[dict]:
@@ -467,17 +485,22 @@ def train(config: Config, *, until_step: int | None = None, data=None, verbose: 
     return TrainLoop(config, data=data, verbose=verbose).run(until_step)
 
 
+def run_is_finished(config: Config) -> bool:
+    """Whether the run folder of `config` holds a finished checkpoint of the same config (then nothing is trained)."""
+    path = config.run_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return False
+    state = load_checkpoint(path, mmap=True)
+    same = not config_differences(Config.from_dict(state["config"]), config)
+    return same and config.finished(state["step"], state["seconds"])
+
+
 def train_or_load(config: Config, *, device: str | torch.device | None = None, verbose: bool = True) -> Run:
     """The notebook's training cell: reuse a finished checkpoint of the same config if one exists, else train
     (resuming a partial run), then load the run."""
-    path = config.run_dir / CHECKPOINT_NAME
-    finished = False
-    if path.exists():
-        state = load_checkpoint(path)
-        finished = state["step"] >= config.total_steps and not config_differences(Config.from_dict(state["config"]), config)
-    if finished:
+    if run_is_finished(config):
         if verbose:
-            print(f"reusing the finished run in {config.run_dir} (delete it to train again)")
+            print(f"reusing the finished run in {display_path(config.run_dir)} (delete it to train again)")
     else:
         train(config, verbose=verbose)
     from ddpm.distributed import resolve_device

@@ -219,3 +219,50 @@ def test_the_effective_ema_half_life_is_logged(tiny_config):
     logged = [r["ema_half_life_kimg"] for r in read_stats(result.run_dir)]
     assert logged == [min(0.02, step * 4 * 0.5 / 1000) for step in (2, 4, 6, 8)]
     assert "EMA half-life 0.02 kimg" in (result.run_dir / "log.txt").read_text()
+
+
+def test_time_cap_stops_cleanly_checkpoints_and_counts_as_finished(tiny_config, monkeypatch):
+    from ddpm import train as train_module
+    from ddpm.train import load_run, run_is_finished, train_or_load
+
+    config = tiny_config.replace(train_steps=40, log_every=3, checkpoint_every=1000, train_minutes=1e-9)
+    result = train(config, verbose=False)
+    # Stops at the first log step (where the clock is read), with a checkpoint of that step
+    assert result.step == 3 and result.finished
+    assert torch.load(config.run_dir / "checkpoint.pt", weights_only=True)["step"] == 3
+    stats = read_stats(config.run_dir)
+    assert stats[-1]["step"] == 3 and stats[-1]["images_seen"] == 3 * config.batch_size
+    assert "stopped at the time cap (train_minutes=1e-09) at step 3 of 40, after 12 images" in (
+        config.run_dir / "log.txt").read_text()
+    # The run counts as finished at that length: nothing trains again under the same config ...
+    assert run_is_finished(config) and load_run(config.run_dir).finished
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert train_or_load(config, device="cpu", verbose=False).step == 3
+    monkeypatch.undo()
+    # ... and lifting the cap resumes it to its full length
+    uncapped = config.replace(train_minutes=None)
+    assert not run_is_finished(uncapped)
+    assert train(uncapped, verbose=False).step == 40
+
+
+def test_time_cap_is_checked_against_the_training_seconds_of_earlier_sessions(tiny_config):
+    config = tiny_config.replace(train_steps=12, log_every=2)
+    first = train(config, until_step=6, verbose=False)
+    capped = config.replace(train_minutes=first.seconds / 60)  # already used up by the first session
+    again = train(capped, verbose=False)
+    assert again.step == 6 and again.finished  # nothing more to train
+
+
+def test_atomic_writes_give_the_files_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    import os
+
+    from ddpm.checkpoint import atomic_save, atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "results.md", "| a |\n")
+        atomic_save({"x": torch.zeros(1)}, tmp_path / "checkpoint.pt")
+    finally:
+        os.umask(umask)
+    for name in ("results.md", "checkpoint.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

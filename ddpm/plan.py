@@ -1,0 +1,134 @@
+"""The reference plan of a profile: every run solution.ipynb shows, and every FID/KID evaluation of its tables.
+
+Declared here once, and used by three readers: ``python -m ddpm reproduce`` (trains and evaluates all of it ahead of the
+notebook), ``python -m ddpm plan`` (its cost in FLOPs and minutes, ddpm/budget.py) and the notebook itself, which loads
+what exists and makes only what is missing, with the same specs.
+
+    plan = build_plan(get_config("gpu"))
+    plan.runs["improved"].config        # the Config of the improved UNet's run (its folder: .config.run_dir)
+    plan.evaluations[0]                 # EvalSpec(run="baseline", weights="ema", sampler="dpmpp2m", steps=20, ...)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ddpm.config import Config
+
+# The other runs' caps, as fractions of the improved run's train_minutes: well above their estimated share of its
+# training time on the `gpu` profile (baseline 0.28, side runs 0.03, uncompiled: `python -m ddpm plan --profile gpu`),
+# so that a cap only bites when the GPU is much slower than planned.
+CAP_FRACTION = {"baseline": 0.4, "side": 0.1}
+SIDE_BATCH = 64
+SIDE_EMA_FRACTION = 0.05  # side runs: EMA half-life as a fraction of their length (in force from half way, rampup 0.1)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    key: str  # the plan's name of the run: baseline, improved, pets, craters
+    config: Config
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """One row of the FID/KID tables: sample `num_generated` images from a run and score them against `num_real` real
+    images of its dataset (None: all of them)."""
+    run: str  # a RunSpec key
+    weights: str  # "ema" or "raw"
+    sampler: str  # ddpm, ddim or dpmpp2m
+    steps: int  # sampling steps (DDPM: all T)
+    num_generated: int
+    num_real: int | None
+    headline: bool = False  # the rows scored on the full protocol (fid_samples)
+
+    @property
+    def name(self) -> str:
+        """The result's file stem in run_dir/metrics/ (as ddpm.metrics.result_name writes it)."""
+        return f"{self.weights}-{self.sampler}-{self.steps}-n{self.num_generated}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.run} {self.weights} {self.sampler}-{self.steps}, {self.num_generated} generated"
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    config: Config  # the profile's config (with env overrides): the improved run's
+    runs: dict[str, RunSpec]
+    evaluations: tuple[EvalSpec, ...]
+
+    def run_config(self, key: str) -> Config:
+        return self.runs[key].config
+
+    def run_dir(self, key: str) -> Path:
+        return self.runs[key].config.run_dir
+
+    def result_path(self, spec: EvalSpec) -> Path:
+        return self.run_dir(spec.run) / "metrics" / f"{spec.name}.json"
+
+    def evaluations_of(self, *keys: str) -> list[EvalSpec]:
+        return [spec for spec in self.evaluations if spec.run in keys]
+
+    @property
+    def protocol(self) -> str:
+        cfg = self.config
+        return (f"{cfg.fid_samples} generated images for the headline rows, {cfg.fid_compare_samples} for the others, "
+                f"against {cfg.fid_real or 'all'} real images of the run's dataset, at {cfg.resolution}px")
+
+    def describe(self) -> list[dict]:
+        """The plan as table rows, for the notebook and the CLI."""
+        rows = [{"phase": "train", "run": s.key, "run folder": s.config.name, "dataset": s.config.dataset,
+                 "network or sampling": s.config.model, "size": f"{s.config.total_steps} steps of {s.config.batch_size}",
+                 "note": f"cap {s.config.train_minutes:g} min" if s.config.train_minutes else ""}
+                for s in self.runs.values()]
+        rows += [{"phase": "evaluate", "run": e.run, "run folder": self.runs[e.run].config.name,
+                  "dataset": self.runs[e.run].config.dataset, "network or sampling": f"{e.weights} {e.sampler}-{e.steps}",
+                  "size": f"{e.num_generated} vs {e.num_real or 'all'} real", "note": "headline" if e.headline else ""}
+                 for e in self.evaluations]
+        return rows
+
+
+def side_run(cfg: Config, **changes) -> Config:
+    """A side run (pets, craters): the improved recipe on another dataset, side_kimg long. A batch of at most 64 gives
+    the short run more optimiser steps, with a warm-up of a tenth of them and an EMA half-life in force for its second
+    half. Not compiled: at this length compiling would cost about as much as it saves."""
+    batch = min(cfg.batch_size, SIDE_BATCH)
+    steps = math.ceil(cfg.side_kimg * 1000 / batch)
+    cap = cfg.train_minutes and cfg.train_minutes * CAP_FRACTION["side"]
+    return cfg.replace(train_steps=None, train_kimg=cfg.side_kimg, train_minutes=cap, batch_size=batch,
+                       warmup_steps=min(cfg.warmup_steps, max(steps // 10, 1)), compile=False,
+                       ema_half_life_kimg=cfg.side_kimg * SIDE_EMA_FRACTION, **changes)
+
+
+def build_plan(cfg: Config) -> Plan:
+    """The runs and evaluations of the profile of `cfg`. Every length and count comes from `cfg`, so the profiles
+    (ddpm/config.py) and DDPM_<FIELD> overrides size the plan; its shape is the same for all of them."""
+    baseline_cap = cfg.train_minutes and cfg.train_minutes * CAP_FRACTION["baseline"]
+    runs = [
+        # Same widths and length as the improved run; Ho et al.'s plain loss (Min-SNR is part of the improvements)
+        RunSpec("baseline", cfg.replace(model="baseline", min_snr_gamma=None, train_minutes=baseline_cap)),
+        RunSpec("improved", cfg),
+        RunSpec("pets", side_run(cfg, dataset="pets")),  # the partial Oxford-IIIT Pets (975 images)
+        RunSpec("craters", side_run(cfg, dataset="craters", split="train")),  # 98 training images
+    ]
+    solver, head, compare, real = ("dpmpp2m", cfg.solver_steps), cfg.fid_samples, cfg.fid_compare_samples, cfg.fid_real
+    evaluations = [
+        # The headline rows, on the full protocol: baseline vs improved, both with the few-step solver
+        EvalSpec("baseline", "ema", *solver, head, real, headline=True),
+        EvalSpec("improved", "ema", *solver, head, real, headline=True),
+        # Comparisons on fewer images, all with the same number so that they compare: the samplers, EMA vs raw
+        EvalSpec("improved", "ema", *solver, compare, real),
+        EvalSpec("improved", "ema", "ddim", 100, compare, real),
+        EvalSpec("improved", "ema", "ddpm", cfg.timesteps, compare, real),
+        EvalSpec("improved", "raw", *solver, compare, real),
+        # The side runs
+        EvalSpec("pets", "ema", *solver, compare, real),
+        EvalSpec("craters", "ema", *solver, compare, real),
+    ]
+    # With fid_samples == fid_compare_samples (CPU profiles) a comparison row is a headline row: keep it once
+    unique: dict[tuple, EvalSpec] = {}
+    for e in evaluations:
+        unique.setdefault((e.run, e.name, e.num_real), e)
+    return Plan(cfg.profile, cfg, {spec.key: spec for spec in runs}, tuple(unique.values()))

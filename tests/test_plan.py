@@ -1,0 +1,96 @@
+"""The reference plan of each profile (ddpm/plan.py) and its cost (ddpm/budget.py)."""
+import pytest
+
+from ddpm import budget
+from ddpm.cli import main
+from ddpm.config import PROFILES, get_config
+from ddpm.ema import ema_half_life
+from ddpm.plan import build_plan
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_profile_plans_the_notebooks_runs_and_evaluations(profile):
+    cfg = get_config(profile, use_env=False)
+    plan = build_plan(cfg)
+    assert list(plan.runs) == ["baseline", "improved", "pets", "craters"]
+    assert plan.run_config("improved") == cfg  # the same run as `python -m ddpm train --profile P`
+    baseline = plan.run_config("baseline")
+    assert baseline.model == "baseline" and baseline.total_steps == cfg.total_steps
+    assert (baseline.base_channels, baseline.channel_mult) == (cfg.base_channels, cfg.channel_mult)
+    assert len({spec.config.run_dir for spec in plan.runs.values()}) == 4
+    for e in plan.evaluations:
+        assert e.run in plan.runs and e.num_real == cfg.fid_real
+        assert e.num_generated == (cfg.fid_samples if e.headline else cfg.fid_compare_samples)
+    assert len({(e.run, e.name) for e in plan.evaluations}) == len(plan.evaluations)
+    # The narrative's comparisons: baseline vs improved on the headline protocol, then EMA vs raw and the three
+    # samplers on one shared number of images
+    headline = {(e.run, e.weights, e.sampler) for e in plan.evaluations if e.headline}
+    assert headline == {("baseline", "ema", "dpmpp2m"), ("improved", "ema", "dpmpp2m")}
+    compared = {(e.weights, e.sampler) for e in plan.evaluations_of("improved") if e.num_generated == cfg.fid_compare_samples}
+    assert compared == {("ema", "dpmpp2m"), ("ema", "ddim"), ("ema", "ddpm"), ("raw", "dpmpp2m")}
+    assert {e.run for e in plan.evaluations} == set(plan.runs)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_side_runs_are_short_with_enough_steps_and_a_working_ema(profile):
+    cfg = get_config(profile, use_env=False)
+    for key in ("pets", "craters"):
+        side = build_plan(cfg).run_config(key)
+        images = side.total_steps * side.batch_size
+        assert abs(images - cfg.side_kimg * 1000) < side.batch_size
+        assert side.batch_size <= 64 and side.warmup_steps <= max(side.total_steps // 10, 1)
+        # the EMA's configured half-life is in force from half way on
+        assert ema_half_life(images // 2, side.ema_half_life_kimg, side.ema_rampup) == side.ema_half_life_kimg * 1000
+
+
+def test_the_gpu_plan_fits_15_minutes_of_one_h100_at_35_percent_mfu_mostly_training_the_improved_unet():
+    plan = build_plan(get_config("gpu", use_env=False))
+    costs = budget.plan_costs(plan, mfu=0.35, peak_tflops=800)
+    total = sum(c.seconds for c in costs)
+    improved = next(c for c in costs if c.phase == "train" and c.item.startswith("improved:"))
+    assert total <= 15 * 60, f"the gpu plan needs {total / 60:.1f} min"
+    assert improved.seconds > total / 2
+    assert {c.phase for c in costs} == {"train", "evaluate", "notebook", "fixed"}
+    # a cap on every run bounds the training whatever the GPU does
+    assert all(c.cap_s for c in costs if c.phase == "train")
+    assert plan.run_config("improved").train_minutes * 60 >= improved.seconds
+
+
+def test_flop_counts_follow_closed_forms():
+    cfg = get_config("gpu", use_env=False)
+    baseline = cfg.replace(model="baseline")
+    forward, train = budget.network_flops(baseline), budget.network_flops(baseline, True)
+    # backward costs twice the forward (weights and inputs), except the first layer's input gradient
+    assert 2.9 < train / forward <= 3.0
+    # convolutions scale with the pixels: 4x the FLOPs at twice the resolution (the time MLP is negligible)
+    assert budget.network_flops(baseline.replace(resolution=32)) == pytest.approx(forward / 4, rel=0.01)
+    # and with the square of the width
+    assert budget.network_flops(baseline.replace(base_channels=32)) == pytest.approx(forward / 4, rel=0.02)
+    # InceptionV3 at 299x299: 5.7 G multiply-adds (Szegedy et al. 2016)
+    assert budget.inception_flops() == pytest.approx(2 * 5.7e9, rel=0.02)
+
+
+def test_times_scale_with_the_mfu_and_the_caps_hold():
+    plan = build_plan(get_config("gpu", use_env=False))
+    fast = budget.plan_costs(plan, mfu=0.5)
+    slow = budget.plan_costs(plan, mfu=0.05)
+    evaluate = lambda costs: sum(c.seconds for c in costs if c.phase == "evaluate")  # noqa: E731
+    assert evaluate(slow) == pytest.approx(10 * evaluate(fast))
+    for c in slow:
+        if c.phase == "train":
+            assert c.seconds == c.cap_s  # so slow that every run stops at its cap
+
+
+def test_plan_command_prints_each_phase_and_the_total(capsys):
+    assert main(["plan", "--profile", "gpu", "--mfu", "0.35", "--peak-tflops", "800", "--list"]) == 0
+    out = capsys.readouterr().out
+    for needle in ["| train | improved | gpu-unet-flowers102-64px", "train     improved: unet", "evaluate  baseline ema",
+                   "notebook  sampling", "fixed     torch.compile", "total", "(budget 15 min on one H100)"]:
+        assert needle in out, needle
+
+
+@pytest.mark.parametrize("flag", [["--mfu", "0"], ["--mfu", "1.5"], ["--peak-tflops", "-1"]])
+def test_plan_command_bad_numbers_are_one_clear_line(flag, capsys):
+    assert main(["plan", "--profile", "gpu", *flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --") and "\n" not in err
