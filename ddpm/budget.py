@@ -125,6 +125,8 @@ def plan_costs(plan: Plan, *, mfu: float = MFU, peak_tflops: float = PEAK_TFLOPS
 
 
 def fixed_costs(plan: Plan) -> list[Cost]:
+    from ddpm.train import build_model
+
     configs = [spec.config for spec in plan.runs.values()]
     compiling = [c for c in configs if c.compile]
     architectures = {(c.model, c.base_channels, c.channel_mult, c.num_res_blocks, c.attention_resolutions)
@@ -133,8 +135,6 @@ def fixed_costs(plan: Plan) -> list[Cost]:
                  + (len(compiling) - len(architectures)) * COMPILE_AGAIN_S)
     checkpoint_s = 0.0
     for c in configs:
-        from ddpm.train import build_model
-
         with torch.device("meta"):
             parameters = sum(p.numel() for p in build_model(c).parameters())
         checkpoint_s += (math.ceil(c.total_steps / c.checkpoint_every) + 1) * 4 * 4 * parameters / CHECKPOINT_GBPS / 1e9

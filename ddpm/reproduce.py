@@ -120,10 +120,10 @@ def write_results(plan: Plan, hardware: str, extra: dict | None = None) -> tuple
     notebook adds its sampling timings) are merged in; earlier extra keys are kept."""
     from ddpm.metrics import results_table
 
-    missing = [spec.label for spec in plan.evaluations if stored_result(plan, spec) is None]
+    results = [stored_result(plan, spec) for spec in plan.evaluations]
+    missing = [spec.label for spec, result in zip(plan.evaluations, results) if result is None]
     if missing:
         raise ValueError(f"no stored result for {', '.join(missing)}: run the evaluate phase first")
-    results = [stored_result(plan, spec) for spec in plan.evaluations]
     summary = {"profile": plan.profile, "hardware": hardware, "protocol": plan.protocol,
                "training": [training_row(plan, key) for key in plan.runs], "evaluations": results}
     json_path, md_path = plan.config.figures / "results.json", plan.config.figures / "results.md"
@@ -238,7 +238,7 @@ def reproduce(
     start = time.perf_counter()
 
     if "train" in phases:
-        say(f"== train")
+        say("== train")
         for key, spec in plan.runs.items():
             if run_is_finished(spec.config):
                 say(f"  {key}: finished run in {display_path(spec.config.run_dir)}; kept")
@@ -247,7 +247,7 @@ def reproduce(
             say(f"  {key}: step {result.step} of {spec.config.total_steps} in {result.seconds:.0f} s of training")
 
     if "evaluate" in phases:
-        say(f"== evaluate")
+        say("== evaluate")
         for spec in plan.evaluations:
             if stored_result(plan, spec) is not None:
                 say(f"  {spec.label}: stored result kept")
@@ -257,11 +257,11 @@ def reproduce(
 
     out = notebook_out or REPO_ROOT / "outputs" / f"solution.{plan.profile}.ipynb"
     if "notebook" in phases:
-        say(f"== notebook")
+        say("== notebook")
         run_notebook_phase(plan, Path(notebook), Path(out), rerun=rerun_notebook, say=say)
 
     if "results" in phases:
-        say(f"== results")
+        say("== results")
         md, js = write_results(plan, describe_hardware(device))
         readme = readme or REPO_ROOT / "README.md"
         update_readme(plan.profile, readme, figures_dir=plan.config.figures.parent)
