@@ -125,7 +125,7 @@ def plan_costs(plan: Plan, *, mfu: float = MFU, peak_tflops: float = PEAK_TFLOPS
 
 
 def fixed_costs(plan: Plan) -> list[Cost]:
-    from ddpm.train import build_model
+    from ddpm.train import count_config_parameters
 
     configs = [spec.config for spec in plan.runs.values()]
     compiling = [c for c in configs if c.compile]
@@ -135,8 +135,7 @@ def fixed_costs(plan: Plan) -> list[Cost]:
                  + (len(compiling) - len(architectures)) * COMPILE_AGAIN_S)
     checkpoint_s = 0.0
     for c in configs:
-        with torch.device("meta"):
-            parameters = sum(p.numel() for p in build_model(c).parameters())
+        parameters = count_config_parameters(c)
         checkpoint_s += (math.ceil(c.total_steps / c.checkpoint_every) + 1) * 4 * 4 * parameters / CHECKPOINT_GBPS / 1e9
     return [
         Cost("fixed", "start-up: imports, CUDA, data, Inception", seconds=STARTUP_S),

@@ -44,8 +44,11 @@ class EvalSpec:
 
     @property
     def name(self) -> str:
-        """The result's file stem in run_dir/metrics/ (as ddpm.metrics.result_name writes it)."""
-        return f"{self.weights}-{self.sampler}-{self.steps}-n{self.num_generated}"
+        """The result's file stem in run_dir/metrics/: ddpm.metrics.result_name of this evaluation."""
+        from ddpm.metrics import result_name
+
+        return result_name({"weights": self.weights, "sampler": self.sampler, "steps": self.steps,
+                            "num_generated": self.num_generated})
 
     @property
     def label(self) -> str:

@@ -99,14 +99,11 @@ def plan_is_made(plan: Plan) -> bool:
 # The results files
 def training_row(plan: Plan, key: str) -> dict:
     """One row of the training table, from the run's checkpoint and stats (no network is loaded)."""
-    import torch
-
-    from ddpm.train import build_model, read_stats
+    from ddpm.train import count_config_parameters, read_stats
 
     cfg = plan.run_config(key)
     state = load_checkpoint(cfg.run_dir / CHECKPOINT_NAME, mmap=True)
-    with torch.device("meta"):
-        parameters = sum(p.numel() for p in build_model(cfg).parameters())
+    parameters = count_config_parameters(cfg)
     stats = read_stats(cfg.run_dir)[-5:]
     images, seconds = state["step"] * cfg.batch_size, state["seconds"]
     return {"run": cfg.run_dir.name, "parameters": f"{parameters:,}", "steps": state["step"], "batch": cfg.batch_size,

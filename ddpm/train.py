@@ -53,6 +53,12 @@ def build_model(config: Config) -> nn.Module:
     )
 
 
+def count_config_parameters(config: Config) -> int:
+    """Parameters of the config's network, built on the meta device (no memory, no initialisation cost)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(config).parameters())
+
+
 def build_diffusion(config: Config) -> GaussianDiffusion:
     return GaussianDiffusion(config.timesteps, config.schedule, config.prediction, min_snr_gamma=config.min_snr_gamma)
 
