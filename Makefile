@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Profile of `make run`: DDPM_PROFILE if set, else the package picks it from the hardware (gpu with CUDA, else cpu).
 export DDPM_PROFILE
 
-.PHONY: help venv run reproduce plan rehearse notebook test unit nbval lint bench clean
+.PHONY: help venv run reproduce plan rehearse notebook render test unit nbval lint bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,9 @@ rehearse: venv  ## Only CI's rehearsal of reproduce: the smoke plan end to end, 
 
 notebook: venv  ## Execute solution.ipynb in place (refreshes the committed outputs)
 	time $(PY) -m jupyter nbconvert --to notebook --execute solution.ipynb --ExecutePreprocessor.timeout=-1 --inplace
+
+render: venv  ## Screenshot the committed outputs of solution.ipynb (no execution) -> outputs/render/*.png
+	time $(PY) tools/render_notebook.py solution.ipynb --out outputs/render
 
 test: venv unit nbval  ## Unit tests + the notebook under nbval (what CI runs)
 

@@ -82,13 +82,13 @@ def dataset_size(config: Config) -> int:
 
 
 def notebook_sampling(plan: Plan) -> dict[str, int]:
-    """Network evaluations per image of the grids solution.ipynb draws (32 images each), per run: keep in step
-    with sections 4-8 of the notebook."""
+    """Network evaluations of the sampling solution.ipynb does itself, per run (its grids of the evaluations reuse
+    their stored samples): keep in step with section 6 of the notebook."""
     cfg = plan.config
-    improved = (2 * 100  # EMA and raw weights, DDIM-100 (section 5)
-                + 50  # a loaded checkpoint, DDIM-50 (section 6)
-                + cfg.timesteps + 100 + 50 + cfg.solver_steps)  # DDPM with its trajectory, then DDIM-100, -50, solver
-    return {"baseline": 100, "improved": improved, "pets": 100, "craters": 100}
+    improved = (GRID_IMAGES * cfg.solver_steps  # a loaded checkpoint, sampled with the solver
+                + 8 * cfg.timesteps  # the DDPM trajectory of eight images
+                + 8 * cfg.sample_steps)  # DDIM interpolation, eight images
+    return {"improved": improved}
 
 
 def plan_costs(plan: Plan, *, mfu: float = MFU, peak_tflops: float = PEAK_TFLOPS) -> list[Cost]:
@@ -116,11 +116,16 @@ def plan_costs(plan: Plan, *, mfu: float = MFU, peak_tflops: float = PEAK_TFLOPS
         if real_key not in featured:
             featured.add(real_key)
             flops += min(e.num_real or math.inf, dataset_size(cfg)) * inception_flops()
-        costs.append(Cost("evaluate", f"{e.run} {e.weights} {e.sampler}-{e.steps}: {e.num_generated} generated"
+        costs.append(Cost("evaluate", f"{e.run} {e.sampling}: {e.num_generated} generated"
                           f"{' (headline)' if e.headline else ''}", flops, flops / rate))
 
-    flops = sum(GRID_IMAGES * n * network_flops(plan.run_config(key)) for key, n in notebook_sampling(plan).items())
-    costs.append(Cost("notebook", "sampling: 4x8 grids, the DDPM trajectory, the sampler comparison", flops, flops / rate))
+    floor = plan.floor  # held-out real images (the reference's features are cached by then)
+    flops = floor.num_generated * inception_flops()
+    costs.append(Cost("evaluate", f"floor: {floor.num_generated} held-out real images", flops, flops / rate))
+
+    flops = sum(n * network_flops(plan.run_config(key)) for key, n in notebook_sampling(plan).items())
+    costs.append(Cost("notebook", "sampling: a loaded checkpoint, the DDPM trajectory, interpolation", flops,
+                      flops / rate))
     return costs + fixed_costs(plan)
 
 

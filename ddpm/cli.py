@@ -60,7 +60,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ddpm.distributed import resolve_device
     from ddpm.sample import generate
     from ddpm.train import load_run
-    from ddpm.viz import save_denoising_gif, save_grid
+    from ddpm.viz import GIF_FRAMES, save_denoising_gif, save_grid
 
     device = resolve_device(args.device)
     run = load_run(args.checkpoint, device)
@@ -75,14 +75,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         size = run.config.resolution
         images, trajectory = run.diffusion.sample(
             model, (args.num, 3, size, size), sampler=args.sampler, steps=steps, eta=args.eta, generator=generator,
-            device=device, return_trajectory=True, progress=True,
+            device=device, return_trajectory=True, trajectory_frames=GIF_FRAMES, progress=True,
         )
         save_denoising_gif(trajectory, args.gif)
         print(f"wrote {args.gif}")
     else:
         images = generate(model, run.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
                           steps=steps, eta=args.eta, seed=args.seed, device=device)
-    save_grid(images, out)
+    title = f"{run.run_dir.name}, step {run.step}, {weights} weights, {args.sampler}{steps or ''}, eta={args.eta}"
+    save_grid(images, out, title=title)
     print(f"wrote {out}")
     return 0
 

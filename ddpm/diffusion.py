@@ -61,6 +61,18 @@ def min_snr_weight(alpha_bar: torch.Tensor, prediction: str, gamma: float | None
     return capped / snr if prediction == "eps" else capped / (snr + 1)
 
 
+def nearest_increasing(values: torch.Tensor, targets: torch.Tensor) -> list[int]:
+    """For each target the index of the nearest of the (monotonic) `values`, nudged so that the indices are strictly
+    increasing and in range: exactly len(targets) distinct indices, even where the grid is coarser than the targets."""
+    nearest = (values[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
+    indices, low = [], 0
+    for i, index in enumerate(nearest):
+        index = min(max(index, low), len(values) - len(targets) + i)
+        indices.append(index)
+        low = index + 1
+    return indices
+
+
 def extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] shaped [B, 1, 1, 1] to broadcast over a batch of images."""
     return values.gather(0, t).reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
@@ -173,19 +185,22 @@ class GaussianDiffusion(nn.Module):
     # ----------------------------------------------------------------------------------------------------------------
     # Samplers
     @torch.no_grad()
-    def p_sample(self, model: Model, x_t: torch.Tensor, t: int, *, clip: bool = True, generator=None):
+    def p_sample(self, model: Model, x_t: torch.Tensor, t: int, *, clip: bool = True, generator=None,
+                 return_x0: bool = False):
         """One step of Algorithm 2: x_{t-1} = posterior mean(x0_hat, x_t) + sqrt(beta-tilde_t) z, no noise at t = 0.
 
         Without clipping the posterior mean equals Algorithm 2's 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha-bar_t)
         eps); going through x0_hat lets us clip it to the data range, which removes the saturated colours.
+        With return_x0, returns (x_{t-1}, x0_hat): the trajectory shows the prediction at no extra network call.
         """
         t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         x0, _ = self.predict_x0_eps(model(x_t, t_batch), x_t, t_batch, clip)
         mean, _, log_variance = self.q_posterior(x0, x_t, t_batch)
-        if t == 0:
-            return mean
-        noise = torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
-        return mean + (0.5 * log_variance).exp() * noise
+        x_prev = mean
+        if t > 0:
+            noise = torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
+            x_prev = mean + (0.5 * log_variance).exp() * noise
+        return (x_prev, x0) if return_x0 else x_prev
 
     def ddim_timesteps(self, steps: int) -> list[int]:
         """`steps` indices spread evenly over 0..T-1, always including both ends."""
@@ -204,14 +219,7 @@ class GaussianDiffusion(nn.Module):
             return [self.timesteps - 1]
         lam = self.half_log_snr_f64  # decreasing in t
         targets = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
-        # nearest index on the discrete grid, kept strictly increasing so that there are exactly `steps` of them
-        nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
-        indices, low = [], 0
-        for i, t in enumerate(nearest):
-            t = min(max(t, low), self.timesteps - steps + i)
-            indices.append(t)
-            low = t + 1
-        return indices
+        return nearest_increasing(lam, targets)  # exactly `steps` distinct indices on the discrete grid
 
     def ddim_sigma(self, t: int, t_prev: int, eta: float) -> torch.Tensor:
         """Song et al. eq. 16: eta = 1 gives the DDPM posterior variance beta-tilde when t_prev = t - 1."""
@@ -220,8 +228,10 @@ class GaussianDiffusion(nn.Module):
         return eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
 
     @torch.no_grad()
-    def ddim_step(self, model: Model, x_t, t: int, t_prev: int, *, eta: float = 0.0, clip: bool = True, generator=None):
-        """x_{t_prev} = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z (Song et al. eq. 12)."""
+    def ddim_step(self, model: Model, x_t, t: int, t_prev: int, *, eta: float = 0.0, clip: bool = True, generator=None,
+                  return_x0: bool = False):
+        """x_{t_prev} = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z (Song et al. eq. 12).
+        With return_x0, returns (x_{t_prev}, x0_hat)."""
         t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         x0, eps = self.predict_x0_eps(model(x_t, t_batch), x_t, t_batch, clip)
         a_prev = self.alpha_bar_f64[t_prev] if t_prev >= 0 else torch.ones((), dtype=torch.float64)
@@ -231,7 +241,7 @@ class GaussianDiffusion(nn.Module):
         x_prev = x0_coef * x0 + eps_coef * eps
         if eta > 0 and t_prev >= 0:
             x_prev = x_prev + sigma * torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
-        return x_prev
+        return (x_prev, x0) if return_x0 else x_prev
 
     @torch.no_grad()
     def dpm_solver_step(self, model: Model, x_t, t: int, t_prev: int, *, clip: bool = True, previous=None):
@@ -279,11 +289,17 @@ class GaussianDiffusion(nn.Module):
 
         sampler="ddpm": ancestral sampling over all T steps (Algorithm 2). sampler="ddim": `steps` evenly spaced steps
         (default T) with stochasticity `eta` (0 = deterministic given the starting noise). sampler="dpmpp2m":
-        DPM-Solver++(2M) on `steps` time steps evenly spaced in log-SNR (deterministic; good in 15-25 steps). With return_trajectory, also
-        returns [(t, x_t on CPU), ...] at about `trajectory_frames` evenly spaced steps, from x_T down to x_0.
+        DPM-Solver++(2M) on `steps` time steps evenly spaced in log-SNR (deterministic; good in 15-25 steps).
+
+        With return_trajectory, also returns min(trajectory_frames, steps + 1) frames [(t, x_t, x0_hat), ...] on the
+        CPU, t counted as in the paper (T for the starting noise, 0 for the result): x_t entering a sampler step and
+        the network's prediction x0_hat at that step, at steps evenly spaced in log-SNR (see trajectory_steps), then
+        (0, x_0, x_0) last. The first frame is (T, x_T, x0_hat predicted from x_T).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if return_trajectory and trajectory_frames < 2:
+            raise ValueError(f"trajectory_frames must be at least 2 (x_T and x_0), got {trajectory_frames}")
         device = torch.device(device) if device is not None else self.betas.device
         if noise is None:
             noise = torch.randn(tuple(shape), device=device, generator=generator)
@@ -298,17 +314,37 @@ class GaussianDiffusion(nn.Module):
             schedule = grid(steps or self.timesteps)[::-1]
             pairs = list(zip(schedule, schedule[1:] + [-1]))
 
-        keep_every = max(1, len(pairs) // max(trajectory_frames, 1))
-        trajectory = [(self.timesteps, x.detach().cpu())] if return_trajectory else None
+        keep = set()
+        if return_trajectory:
+            keep = set(self.trajectory_steps([t for t, _ in pairs], trajectory_frames))
+        trajectory = []
         state = None  # DPM-Solver++(2M)'s memory of the previous step
         for i, (t, t_prev) in enumerate(progress_bar(pairs, desc=f"{sampler} sampling", disable=not progress)):
             if sampler == "ddpm":
-                x = self.p_sample(model, x, t, clip=clip, generator=generator)
+                x_prev, x0 = self.p_sample(model, x, t, clip=clip, generator=generator, return_x0=True)
             elif sampler == "ddim":
-                x = self.ddim_step(model, x, t, t_prev, eta=eta, clip=clip, generator=generator)
+                x_prev, x0 = self.ddim_step(model, x, t, t_prev, eta=eta, clip=clip, generator=generator, return_x0=True)
             else:
-                x, state = self.dpm_solver_step(model, x, t, t_prev, clip=clip, previous=state)
-            if return_trajectory and ((i + 1) % keep_every == 0 or t_prev < 0):
-                trajectory.append((max(t_prev, 0), x.detach().cpu()))  # x_{t_prev}; the last frame is x_0
+                x_prev, state = self.dpm_solver_step(model, x, t, t_prev, clip=clip, previous=state)
+                x0 = x_prev if state is None else state[0]  # its last step returns x0_hat itself, and no state
+            if i in keep:  # index t is the paper's t + 1
+                trajectory.append((t + 1, x.detach().cpu(), x0.detach().cpu()))
+            x = x_prev
         x = x.clamp(-1, 1)
-        return (x, trajectory) if return_trajectory else x
+        if not return_trajectory:
+            return x
+        # x_0 stands for the last step (t = 0: it differs from x_1 by the last 1% of noise) and is its own x0_hat
+        return x, trajectory + [(0, x.detach().cpu(), x.detach().cpu())]
+
+    def trajectory_steps(self, timesteps: Sequence[int], frames: int) -> list[int]:
+        """Which of a sampler's steps (their indices t, from T-1 down) a trajectory of `frames` frames shows.
+
+        Evenly spaced in t, three quarters of the frames of the linear schedule would be noise. Instead: the frames - 1
+        steps whose log-SNR is nearest to `frames` values evenly spaced from the first step's to the last's, the
+        last value being left to the final x_0. Always the first step (x_T), distinct, all of them if too few.
+        """
+        if frames - 1 >= len(timesteps):
+            return list(range(len(timesteps)))
+        lam = self.half_log_snr_f64[list(timesteps)]  # increasing along the sampler's steps
+        targets = torch.linspace(lam[0].item(), lam[-1].item(), frames, dtype=torch.float64)[:-1]
+        return nearest_increasing(lam, targets)

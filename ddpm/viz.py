@@ -1,18 +1,29 @@
-"""Figures: 4x8 sample grids, denoising strips, a GIF of a grid denoising, loss curves, schedule plots.
+"""Figures: 4x8 sample grids, denoising strips, a GIF of a grid denoising, loss curves, schedule plots, histograms.
 
-Every function writes a file and returns its path (matplotlib's Figure without pyplot: nothing global changes); the notebook displays the file, so what a reader sees inline is
-exactly what is committed under figures/.
+Every function writes a file and returns its path (matplotlib's Figure without pyplot: nothing global changes); the
+notebook displays the file, so what a reader sees inline is exactly what is committed under figures/. Images are laid out with Pillow, upscaled by whole factors (NEAREST) and
+titled at screen resolution, so that neither the notebook nor the browser has to stretch (and blur) them.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from matplotlib.figure import Figure  # drawn straight to a file: no pyplot, no backend switch in a notebook
-from torchvision.utils import make_grid, save_image
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
+
+
+# Figures meant for a screen are written upscaled by an integer factor with NEAREST neighbour to at least MIN_WIDTH
+# pixels: a 274 px grid shown in a 900 px notebook column would otherwise be stretched by the browser, which blurs it.
+MIN_WIDTH = 768
+GIF_FRAMES = 36  # frames of the denoising GIF; sample(..., trajectory_frames=GIF_FRAMES) gives exactly these
+GIF_PIXELS = 20_000  # native pixels per GIF frame: 36 frames of pure noise stay under 0.8 MB
+TITLE_SIZE = 20  # px, drawn at screen resolution (after the upscale) so that the text stays crisp
 
 
 def _as_float01(images: torch.Tensor) -> torch.Tensor:
@@ -28,37 +39,142 @@ def _prepare(path: Path | str) -> Path:
     return path
 
 
-def save_grid(images: torch.Tensor, path: Path | str, *, nrow: int = 8, padding: int = 2) -> Path:
-    """A grid PNG (4x8 for 32 images), via torchvision's make_grid/save_image."""
-    path = _prepare(path)
-    save_image(_as_float01(images[: nrow * 4] if len(images) > nrow * 4 else images), path, nrow=nrow, padding=padding)
-    return path
-
-
 def grid_image(images: torch.Tensor, *, nrow: int = 8, padding: int = 2) -> torch.Tensor:
-    """The grid as a uint8 HxWx3 array-like tensor (for GIF frames and matplotlib)."""
+    """The grid as a uint8 HxWx3 tensor on white padding (for PNGs, GIF frames and matplotlib)."""
     grid = make_grid(_as_float01(images), nrow=nrow, padding=padding, pad_value=1.0)
     return (grid * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
 
 
-def save_denoising_strip(trajectory: Sequence[tuple[int, torch.Tensor]], path: Path | str, *, columns: int = 10,
-                         rows: int = 4) -> Path:
-    """Rows of images, each going left to right from x_T to x_0 at `columns` evenly chosen steps of the trajectory."""
-    picks = torch.linspace(0, len(trajectory) - 1, columns).round().long().tolist()
-    frames = torch.stack([trajectory[i][1][:rows] for i in picks], dim=1)  # [rows, columns, 3, H, W]
-    save_image(_as_float01(frames.flatten(0, 1)), _prepare(path), nrow=columns, padding=2, pad_value=1.0)
+def _as_grid(images: torch.Tensor, nrow: int, padding: int, rows: int = 4) -> tuple[torch.Tensor, int]:
+    """A batch [N, 3, H, W] (its first `rows` rows) or a laid-out grid [3, H, W] of nrow tiles a row (e.g. a run's
+    samples/step-*.png read with torchvision.io.read_image; its top `rows` rows) -> (uint8 HxWx3 grid, the width of a
+    full row of nrow tiles)."""
+    if images.ndim == 3:
+        tile = (images.shape[-1] - padding) // nrow  # tile + padding
+        grid = grid_image(images[None, :, : rows * tile + padding], nrow=1, padding=0)
+        return grid, grid.shape[1]
+    # the nominal width depends on the tile size only, so a 4-image grid and a 32-image grid get the same scale
+    return grid_image(images[: nrow * rows], nrow=nrow, padding=padding), nrow * (images.shape[-1] + padding) + padding
+
+
+def _scale_for(native_width: int) -> int:
+    """The integer factor that makes native_width pixels at least MIN_WIDTH wide."""
+    return max(1, math.ceil(MIN_WIDTH / native_width))
+
+
+def _upscale(image: torch.Tensor, factor: int) -> Image.Image:
+    """uint8 HxWx3 -> a PIL image `factor` times larger, every pixel a crisp factor x factor square."""
+    picture = Image.fromarray(image.numpy())
+    return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
+
+
+def _font_for(title: str, width: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled font at TITLE_SIZE px, smaller if the title would not fit in `width`."""
+    size = TITLE_SIZE
+    font = ImageFont.load_default(size=size)
+    while font.getlength(title) > width - 8 and size > 8:
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    return font
+
+
+def _save_panels(panels: Sequence[tuple[str | None, Image.Image]], path: Path | str, *, columns: int = 1,
+                 gap: int = 12, heading: str | None = None) -> Path:
+    """Lay panels out `columns` to a row on white, each under its title (if any), all under an optional heading, and
+    write an optimised PNG."""
+    title_height = int(1.6 * TITLE_SIZE) if any(title for title, _ in panels) else 0
+    heading_height = int(1.8 * TITLE_SIZE) if heading else 0
+    cell_w = max(p.width for _, p in panels)
+    cell_h = title_height + max(p.height for _, p in panels)
+    columns = min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    width = columns * cell_w + (columns - 1) * gap
+    canvas = Image.new("RGB", (width, heading_height + rows * cell_h + (rows - 1) * gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    if heading:
+        draw.text((width // 2, heading_height // 2), heading, fill="black", font=_font_for(heading, width),
+                  anchor="mm")
+    for i, (title, panel) in enumerate(panels):
+        x, y = (i % columns) * (cell_w + gap), heading_height + (i // columns) * (cell_h + gap)
+        if title:
+            draw.text((x + cell_w // 2, y + title_height // 2), title, fill="black", font=_font_for(title, cell_w),
+                      anchor="mm")
+        canvas.paste(panel, (x + (cell_w - panel.width) // 2, y + title_height))
+    canvas.save(_prepare(path), optimize=True)
     return Path(path)
 
 
-def save_denoising_gif(trajectory: Sequence[tuple[int, torch.Tensor]], path: Path | str, *, nrow: int = 8,
-                       duration_s: float = 4.0, hold_last_s: float = 1.5) -> Path:
-    """An animated GIF of a whole grid denoising (imageio), holding the final frame a moment."""
-    import imageio.v3 as iio
+def save_grid(images: torch.Tensor, path: Path | str, *, title: str | None = None, nrow: int = 8, padding: int = 2,
+              scale: int | None = None) -> Path:
+    """A grid PNG of (at most 4 rows of) images, under an optional title, upscaled to at least MIN_WIDTH pixels.
 
-    frames = [grid_image(x[:32], nrow=nrow).numpy() for _, x in trajectory]
-    per_frame_ms = max(20, int(1000 * duration_s / len(frames)))
-    durations = [per_frame_ms] * (len(frames) - 1) + [int(1000 * hold_last_s)]
-    iio.imwrite(_prepare(path), frames, extension=".gif", duration=durations, loop=0)
+    The factor comes from the tile size (a full row of nrow tiles), so real and generated images of the same
+    resolution show at the same size; scale=1 writes the native grid (a run's periodic samples/).
+    """
+    grid, native_width = _as_grid(images, nrow, padding)
+    return _save_panels([(title, _upscale(grid, scale or _scale_for(native_width)))], path)
+
+
+def save_grid_row(grids: dict[str, torch.Tensor], path: Path | str, *, title: str | None = None, columns: int = 2,
+                  nrow: int = 8, rows: int = 2, padding: int = 2, scale: int | None = None) -> Path:
+    """Several grids in one PNG, `columns` to a row, each under its own title (the dict's key), all under `title`:
+    e.g. one grid per sampler or per training step. Values: image batches, or laid-out grids [3, H, W]. Each shows
+    `rows` rows of nrow images (2 by default: comparisons need fewer images than a 4x8 grid, and keep the notebook
+    small). One factor for all, chosen so that the whole row is at least MIN_WIDTH wide."""
+    laid_out = {label: _as_grid(images, nrow, padding, rows) for label, images in grids.items()}
+    native_width = min(columns, len(grids)) * max(width for _, width in laid_out.values())
+    factor = scale or _scale_for(native_width)
+    return _save_panels([(label, _upscale(grid, factor)) for label, (grid, _) in laid_out.items()], path,
+                        columns=columns, heading=title)
+
+
+def _pick(trajectory: Sequence, count: int) -> list:
+    """`count` frames evenly chosen by position, first and last included (the sampler spaced them by log-SNR)."""
+    if len(trajectory) <= count:
+        return list(trajectory)
+    return [trajectory[i] for i in torch.linspace(0, len(trajectory) - 1, count).round().long().tolist()]
+
+
+def save_denoising_strip(trajectory: Sequence[tuple[int, torch.Tensor, torch.Tensor]], path: Path | str, *,
+                         rows: int = 4, columns: int = 8, title: str | None = None, scale: int | None = None) -> Path:
+    """For each of `rows` samples, two rows from x_T (left) to x_0 (right) at `columns` frames of the trajectory:
+    x_t above, the network's prediction x0_hat at the same step below, so that one sees the prediction sharpen long
+    before the noise is gone. Upscaled like save_grid."""
+    frames = _pick(trajectory, columns)
+    blocks = []
+    for r in range(min(rows, len(frames[0][1]))):
+        pair = [x_t[r] for _, x_t, _ in frames] + [x0_hat[r] for _, _, x0_hat in frames]
+        blocks.append(grid_image(torch.stack(pair), nrow=len(frames)))  # the x_t row above its x0_hat row
+    gap = torch.full((4, blocks[0].shape[1], 3), 255, dtype=torch.uint8)  # sets the samples apart (padding is 2 px)
+    strip = torch.cat([part for block in blocks for part in (gap, block)][1:])
+    return _save_panels([(title, _upscale(strip, scale or _scale_for(strip.shape[1])))], path)
+
+
+def _gif_layout(size: int) -> tuple[int, int]:
+    """(images per side, per row) for GIF frames of size px images: as many as GIF_PIXELS allows, at most 4x4."""
+    count = max(1, min(16, GIF_PIXELS // (2 * (size + 2) ** 2)))  # two sides, tiles padded by 2 px
+    nrow = min(4, count)
+    return count // nrow * nrow, nrow  # whole rows: 4x2 at 32 px, 2x1 at 64 px, 4x4 at 16 px
+
+
+def save_denoising_gif(trajectory: Sequence[tuple[int, torch.Tensor, torch.Tensor]], path: Path | str, *,
+                       frames: int = GIF_FRAMES, colors: int = 64, duration_s: float = 4.0,
+                       hold_last_s: float = 2.0) -> Path:
+    """An animated GIF of a few samples denoising: x_t on the left, x0_hat on the right, the last frame held.
+
+    Written at native size (the notebook upscales it: show.show_animation), with `colors` colours and no dithering:
+    noisy frames barely compress (about 0.9 byte a pixel), so the number of images is what keeps it under 1 MB.
+    """
+    count, nrow = _gif_layout(trajectory[0][1].shape[-1])
+    pictures = []
+    for _, x_t, x0_hat in _pick(trajectory, frames):
+        left, right = grid_image(x_t[:count], nrow=nrow), grid_image(x0_hat[:count], nrow=nrow)
+        gap = torch.full((left.shape[0], 4, 3), 255, dtype=torch.uint8)
+        frame = Image.fromarray(torch.cat([left, gap, right], dim=1).numpy())
+        pictures.append(frame.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE))
+    per_frame_ms = max(20, round(1000 * duration_s / len(pictures)))
+    durations = [per_frame_ms] * (len(pictures) - 1) + [round(1000 * hold_last_s)]
+    pictures[0].save(_prepare(path), save_all=True, append_images=pictures[1:], duration=durations, loop=0)
     return Path(path)
 
 
@@ -84,6 +200,24 @@ def plot_loss_curves(curves: dict[str, Sequence[dict]], path: Path | str, *, smo
     return Path(path)
 
 
+def plot_distance_histograms(distances: dict[str, torch.Tensor], path: Path | str, *, bins: int = 30) -> Path:
+    """Overlaid histograms (as densities, over shared bins) of nearest-neighbour distances, one per named set."""
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
+    values = {label: torch.as_tensor(d, dtype=torch.float64).flatten() for label, d in distances.items()}
+    everything = torch.cat(list(values.values()))
+    edges = torch.linspace(everything.min().item(), everything.max().item(), bins + 1).tolist()
+    for label, d in values.items():
+        ax.hist(d.numpy(), bins=edges, density=True, alpha=0.5, label=f"{label} ({len(d)})")
+    ax.set_xlabel("distance to the nearest neighbour (Inception pool features)")
+    ax.set_ylabel("density")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(_prepare(path), dpi=120)
+    return Path(path)
+
+
 def plot_schedules(diffusions: dict, path: Path | str) -> Path:
     """alpha-bar_t and log-SNR_t = log(alpha-bar / (1 - alpha-bar)) for each named schedule."""
     fig = Figure(figsize=(10, 3.6))
@@ -104,7 +238,8 @@ def plot_schedules(diffusions: dict, path: Path | str) -> Path:
 
 
 def save_noising_rows(rows: dict[str, torch.Tensor], path: Path | str) -> Path:
-    """One row per schedule: the same image noised at t = 0, T/10, ..., T (tensors [K, 3, H, W] in [-1, 1])."""
+    """One row per schedule: the same image noised at t = 0, T/10, ..., T (tensors [K, 3, H, W] in [-1, 1]),
+    upscaled like save_grid."""
     images = torch.cat(list(rows.values()))
-    save_image(_as_float01(images), _prepare(path), nrow=len(next(iter(rows.values()))), padding=2, pad_value=1.0)
-    return Path(path)
+    grid = grid_image(images, nrow=len(next(iter(rows.values()))))
+    return _save_panels([(None, _upscale(grid, _scale_for(grid.shape[1])))], path)

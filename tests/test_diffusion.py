@@ -131,7 +131,9 @@ def test_samplers_return_images_in_range_and_a_trajectory():
     d = GaussianDiffusion(50)
     x, trajectory = d.sample(ConstantEps(), (2, 3, 8, 8), sampler="ddpm", return_trajectory=True, trajectory_frames=10)
     assert x.shape == (2, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
-    assert trajectory[0][0] == 50 and trajectory[-1][0] == 0 and 10 <= len(trajectory) <= 12
+    assert [t for t, _, _ in trajectory][::9] == [50, 0] and len(trajectory) == 10
+    assert all(x_t.device.type == "cpu" and x0_hat.shape == x_t.shape for _, x_t, x0_hat in trajectory)
+    assert torch.equal(trajectory[-1][1], x) and torch.equal(trajectory[-1][2], x)  # x_0 is its own prediction
     with pytest.raises(ValueError, match="the DDPM sampler runs all T=50 steps"):
         d.sample(ConstantEps(), (1, 3, 8, 8), sampler="ddpm", steps=10)
     with pytest.raises(ValueError, match="sampler must be one of"):
@@ -218,7 +220,28 @@ def test_dpm_solver_returns_images_and_a_trajectory():
     x, trajectory = d.sample(model, (2, 3, 4, 4), sampler="dpmpp2m", steps=8, return_trajectory=True,
                              generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 3, 4, 4) and x.abs().max() <= 1
-    assert [t for t, _ in trajectory][0] == 50 and trajectory[-1][0] == 0 and len(trajectory) == 9
+    assert [t for t, _, _ in trajectory] == [t + 1 for t in d.solver_timesteps(8)[::-1]] + [0]  # every step, and x_0
+    assert trajectory[1][2].abs().max() <= 1  # x0_hat, clipped, not the solver's state
+
+
+def test_trajectory_frames_are_evenly_spaced_in_log_snr_and_carry_x0_hat():
+    d = GaussianDiffusion(1000, "linear")
+    model = lambda x, t: 0.1 * x  # noqa: E731
+    x, trajectory = d.sample(model, (1, 3, 2, 2), sampler="ddpm", return_trajectory=True, trajectory_frames=36,
+                             generator=torch.Generator().manual_seed(0))
+    t = [t for t, _, _ in trajectory]
+    assert len(t) == 36 and t[0] == 1000 and t[-1] == 0 and t == sorted(set(t), reverse=True)
+    lam = d.half_log_snr_f64[torch.tensor(t[:-1]) - 1]  # the paper's t is index t - 1; x_0 (SNR infinite) left out
+    gaps = lam[1:] - lam[:-1]
+    assert gaps.max() < 2 * gaps.min()
+    evenly_in_t = d.half_log_snr_f64[torch.linspace(999, 0, 35).round().long()]  # what the frames used to be
+    assert (evenly_in_t[1:] - evenly_in_t[:-1]).max() > 10 * (evenly_in_t[1:] - evenly_in_t[:-1]).min()
+    # each x0_hat is the prediction from its x_t: for this eps-model, x0 = (x_t - s 0.1 x_t) / a, clipped
+    _, x_t, x0_hat = trajectory[30]
+    a, s = d.alpha_bar_f64[t[30] - 1].sqrt(), (1 - d.alpha_bar_f64[t[30] - 1]).sqrt()
+    torch.testing.assert_close(x0_hat, ((1 - 0.1 * s) / a * x_t).float().clamp(-1, 1), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="trajectory_frames must be at least 2"):
+        d.sample(model, (1, 3, 2, 2), return_trajectory=True, trajectory_frames=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -12,23 +12,33 @@ from ddpm.plan import build_plan
 def test_every_profile_plans_the_notebooks_runs_and_evaluations(profile):
     cfg = get_config(profile, use_env=False)
     plan = build_plan(cfg)
-    assert list(plan.runs) == ["baseline", "improved", "pets", "craters"]
+    assert list(plan.runs) == ["baseline", "improved", "pets", "craters", "linear", "cosine"]
     assert plan.run_config("improved") == cfg  # the same run as `python -m ddpm train --profile P`
     baseline = plan.run_config("baseline")
     assert baseline.model == "baseline" and baseline.total_steps == cfg.total_steps
     assert (baseline.base_channels, baseline.channel_mult) == (cfg.base_channels, cfg.channel_mult)
-    assert len({spec.config.run_dir for spec in plan.runs.values()}) == 4
+    assert len({spec.config.run_dir for spec in plan.runs.values()}) == len(plan.runs)
     for e in plan.evaluations:
         assert e.run in plan.runs and e.num_real == cfg.fid_real
-        assert e.num_generated == (cfg.fid_samples if e.headline else cfg.fid_compare_samples)
+        expected = {True: cfg.fid_samples, False: cfg.fid_ddpm_samples if e.sampler == "ddpm" else cfg.fid_compare_samples}
+        assert e.num_generated == expected[e.headline]
     assert len({(e.run, e.name) for e in plan.evaluations}) == len(plan.evaluations)
-    # The narrative's comparisons: baseline vs improved on the headline protocol, then EMA vs raw and the three
-    # samplers on one shared number of images
+    # The narrative's comparisons: baseline vs improved on the headline protocol, then EMA vs raw, DDIM with and
+    # without fresh noise at the same steps, and the two schedules, on one shared number of images
     headline = {(e.run, e.weights, e.sampler) for e in plan.evaluations if e.headline}
     assert headline == {("baseline", "ema", "dpmpp2m"), ("improved", "ema", "dpmpp2m")}
-    compared = {(e.weights, e.sampler) for e in plan.evaluations_of("improved") if e.num_generated == cfg.fid_compare_samples}
-    assert compared == {("ema", "dpmpp2m"), ("ema", "ddim"), ("ema", "ddpm"), ("raw", "dpmpp2m")}
+    compared = {(e.weights, e.sampler, e.steps, e.eta) for e in plan.evaluations_of("improved")
+                if e.num_generated == cfg.fid_compare_samples and e.sampler != "ddpm"}
+    assert compared == {("ema", "dpmpp2m", cfg.solver_steps, 0.0), ("raw", "dpmpp2m", cfg.solver_steps, 0.0),
+                        ("ema", "ddim", cfg.solver_steps, 0.0), ("ema", "ddim", cfg.solver_steps, 1.0)}
+    assert any(e.sampler == "ddpm" for e in plan.evaluations) == (cfg.fid_ddpm_samples > 0)
     assert {e.run for e in plan.evaluations} == set(plan.runs)
+    # The schedules are compared on the small network, trained alike but for the schedule
+    linear, cosine = plan.run_config("linear"), plan.run_config("cosine")
+    assert (linear.schedule, cosine.schedule) == ("linear", "cosine")
+    assert linear.replace(schedule="cosine", run_name=None) == cosine.replace(run_name=None)
+    assert linear.model == "baseline"
+    assert (plan.floor.num_generated, plan.floor.num_real) == (cfg.fid_compare_samples, cfg.fid_real)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -51,8 +61,9 @@ def test_the_gpu_plan_fits_15_minutes_of_one_h100_at_35_percent_mfu_mostly_train
     assert total <= 15 * 60, f"the gpu plan needs {total / 60:.1f} min"
     assert improved.seconds > total / 2
     assert {c.phase for c in costs} == {"train", "evaluate", "notebook", "fixed"}
-    # a cap on every run bounds the training whatever the GPU does
+    # a cap on every run bounds the training whatever the GPU does, to about 13 minutes in all (plan.CAP_FRACTION)
     assert all(c.cap_s for c in costs if c.phase == "train")
+    assert sum(c.cap_s for c in costs if c.phase == "train") <= 13.5 * 60
     assert plan.run_config("improved").train_minutes * 60 >= improved.seconds
 
 
@@ -76,9 +87,10 @@ def test_times_scale_with_the_mfu_and_the_caps_hold():
     slow = budget.plan_costs(plan, mfu=0.05)
     evaluate = lambda costs: sum(c.seconds for c in costs if c.phase == "evaluate")  # noqa: E731
     assert evaluate(slow) == pytest.approx(10 * evaluate(fast))
-    for c in slow:
-        if c.phase == "train":
-            assert c.seconds == c.cap_s  # so slow that every run stops at its cap
+    train = [c for c in slow if c.phase == "train"]
+    for c in train:  # a run stops at its cap when its FLOPs would take longer
+        assert c.seconds == pytest.approx(min(c.flops / (0.05 * budget.PEAK_TFLOPS * 1e12), c.cap_s))
+    assert sum(c.seconds == c.cap_s for c in train) >= 4  # so slow that the four big runs stop at their caps
 
 
 def test_plan_command_prints_each_phase_and_the_total(capsys):

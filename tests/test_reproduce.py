@@ -100,7 +100,8 @@ def test_REHEARSAL_reproduce_smoke_end_to_end_then_the_notebook_alone_agrees(tmp
     summary = json.loads((tmp_path / "figures" / "smoke" / "results.json").read_text())
     assert [(r["run"], metrics.result_name(r)) for r in summary["evaluations"]] == [
         (plan.run_dir(e.run).name, e.name) for e in plan.evaluations]
-    assert "sampling_seconds_32_images" in summary  # the notebook's own figures are kept by the results phase
+    assert "ddpm_images_per_s" in summary  # the notebook's own figures are kept by the results phase
+    assert summary["floor"]["sampler"] == "real" and summary["floor"]["num_generated"] == plan.floor.num_generated
     block = readme.read_text().split(README_START)[1].split(README_END)[0]
     assert "profile `smoke`" in block and "smoke-unet-craters-32px" in block
 

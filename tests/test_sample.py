@@ -58,3 +58,19 @@ def test_the_network_is_compiled_once_and_the_sampler_loop_is_not(monkeypatch, s
     for _ in range(2):
         generate(model, diffusion, 4, batch_size=2, sampler=sampler, steps=3, compile=True, progress=False)
     assert compiled == [model]
+
+
+def test_slerp_keeps_the_ends_and_the_norm_of_gaussian_noise():
+    from ddpm.sample import slerp
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 32, 32, generator=g), torch.randn(3, 32, 32, generator=g)
+    path = slerp(a, b, [0.0, 0.25, 0.5, 1.0])
+    assert path.shape == (4, 3, 32, 32)
+    assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
+    norms = path.flatten(1).norm(dim=1)
+    # the arc keeps the norm of the noise (two draws are nearly orthogonal); the straight line would lose ~29%
+    assert torch.allclose(norms, a.norm().expand(4), rtol=0.03)
+    assert ((a + b) / 2).norm() < 0.75 * a.norm()
+    with pytest.raises(ValueError, match="one shape"):
+        slerp(a, b[:2], [0.5])
