@@ -17,10 +17,9 @@ from pathlib import Path
 from ddpm.config import Config
 
 # The other runs' caps, as fractions of the improved run's train_minutes: well above their estimated share of its
-# training time on the `gpu` profile (baseline 0.28, side runs 0.03, uncompiled: `python -m ddpm plan --profile gpu`),
-# so that a cap only bites when the GPU is much slower than planned.
-# train_minutes caps as fractions of the improved run's: the schedule runs (the small network, planned at seconds)
-# get a quarter of a side run's, so that the caps add up to about 13 minutes of training on a slow GPU
+# training time on the `gpu` profile (baseline 0.28, side runs 0.03, schedule runs 0.007, uncompiled: `python -m ddpm
+# plan --profile gpu`), so that a cap only bites when the GPU is much slower than planned; then the caps add up to
+# about 13 minutes of training.
 CAP_FRACTION = {"baseline": 0.4, "side": 0.1, "schedule": 0.025}
 SIDE_BATCH = 64
 SIDE_EMA_FRACTION = 0.05  # side runs: EMA half-life as a fraction of their length (in force from half way, rampup 0.1)
@@ -140,6 +139,8 @@ def build_plan(cfg: Config) -> Plan:
     ]
     solver, head, compare, real = ("dpmpp2m", cfg.solver_steps), cfg.fid_samples, cfg.fid_compare_samples, cfg.fid_real
     ddim = ("ddim", cfg.solver_steps)  # as many network calls as the solver: the samplers compare at equal cost
+    # DDPM costs T network calls an image: fid_ddpm_samples = 0 leaves its row out (the cpu profile)
+    ddpm_row = EvalSpec("improved", "ema", "ddpm", cfg.timesteps, cfg.fid_ddpm_samples, real)
     evaluations = [
         # The headline rows, on the full protocol: baseline vs improved, both with the few-step solver
         EvalSpec("baseline", "ema", *solver, head, real, headline=True),
@@ -149,7 +150,7 @@ def build_plan(cfg: Config) -> Plan:
         EvalSpec("improved", "ema", *solver, compare, real),
         EvalSpec("improved", "ema", *ddim, compare, real),
         EvalSpec("improved", "ema", *ddim, compare, real, eta=1.0),
-        *([EvalSpec("improved", "ema", "ddpm", cfg.timesteps, cfg.fid_ddpm_samples, real)] if cfg.fid_ddpm_samples else []),
+        *([ddpm_row] if cfg.fid_ddpm_samples else []),
         EvalSpec("improved", "raw", *solver, compare, real),
         EvalSpec("linear", "ema", *solver, compare, real),
         EvalSpec("cosine", "ema", *solver, compare, real),

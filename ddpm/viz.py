@@ -1,8 +1,9 @@
 """Figures: 4x8 sample grids, denoising strips, a GIF of a grid denoising, loss curves, schedule plots, histograms.
 
 Every function writes a file and returns its path (matplotlib's Figure without pyplot: nothing global changes); the
-notebook displays the file, so what a reader sees inline is exactly what is committed under figures/. Images are laid out with Pillow, upscaled by whole factors (NEAREST) and
-titled at screen resolution, so that neither the notebook nor the browser has to stretch (and blur) them.
+notebook displays the file, so what a reader sees inline is exactly what is committed under figures/. Images are laid
+out with Pillow, upscaled by whole factors (NEAREST) and titled at screen resolution, so that neither the notebook nor
+the browser has to stretch (and blur) them.
 """
 from __future__ import annotations
 
@@ -91,14 +92,14 @@ def _save_panels(panels: Sequence[tuple[str | None, Image.Image]], path: Path | 
     width = columns * cell_w + (columns - 1) * gap
     canvas = Image.new("RGB", (width, heading_height + rows * cell_h + (rows - 1) * gap), "white")
     draw = ImageDraw.Draw(canvas)
-    if heading:
-        draw.text((width // 2, heading_height // 2), heading, fill="black", font=_font_for(heading, width),
-                  anchor="mm")
+    def centred(text: str | None, x: int, y: int, width: int) -> None:
+        if text:
+            draw.text((x + width // 2, y), text, fill="black", font=_font_for(text, width), anchor="mm")
+
+    centred(heading, 0, heading_height // 2, width)
     for i, (title, panel) in enumerate(panels):
         x, y = (i % columns) * (cell_w + gap), heading_height + (i // columns) * (cell_h + gap)
-        if title:
-            draw.text((x + cell_w // 2, y + title_height // 2), title, fill="black", font=_font_for(title, cell_w),
-                      anchor="mm")
+        centred(title, x, y + title_height // 2, cell_w)
         canvas.paste(panel, (x + (cell_w - panel.width) // 2, y + title_height))
     canvas.save(_prepare(path), optimize=True)
     return Path(path)
