@@ -17,6 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.config import Config
+from ddpm.guidance import network_calls
 from ddpm.plan import Plan
 
 PEAK_TFLOPS = 800.0  # dense bf16 of one H100, about (989 on the SXM data sheet; less at sustainable clocks)
@@ -111,7 +112,8 @@ def plan_costs(plan: Plan, *, mfu: float = MFU, peak_tflops: float = PEAK_TFLOPS
     featured: set[tuple] = set()  # real-image features are computed once per dataset, then cached
     for e in plan.evaluations:
         cfg = plan.run_config(e.run)
-        flops = e.num_generated * (e.steps * network_flops(cfg) + inception_flops())
+        # guidance evaluates the network on the labels and on the null label: two passes a step
+        flops = e.num_generated * (e.steps * network_calls(e.guidance_scale) * network_flops(cfg) + inception_flops())
         real_key = (cfg.dataset, cfg.split, cfg.resolution, e.num_real)
         if real_key not in featured:
             featured.add(real_key)

@@ -76,6 +76,29 @@ def _load_failure(path: Path, error: Exception) -> str:
     return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
 
 
+def first_mismatch(weights: Mapping, model: torch.nn.Module) -> str | None:
+    """How a state dict fails to fit a network, in a few words (the first tensor that differs), or None if it fits."""
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in weights:
+            return f"tensor {name!r} (shape {tuple(tensor.shape)}) is missing from the file"
+        if tuple(weights[name].shape) != tuple(tensor.shape):
+            return (f"tensor {name!r} has shape {tuple(weights[name].shape)} in the file, {tuple(tensor.shape)} "
+                    f"in the network")
+    unexpected = next((name for name in weights if name not in expected), None)
+    return None if unexpected is None else f"the file has a tensor {unexpected!r} that the network lacks"
+
+
+def load_weights(model: torch.nn.Module, weights: Mapping, path: Path, what: str = "model") -> None:
+    """model.load_state_dict(weights), or one line naming the file and the first mismatched tensor (torch's own
+    message lists every tensor, over a hundred lines) when the weights do not fit the network of the file's config."""
+    mismatch = first_mismatch(weights, model)
+    if mismatch:
+        raise CheckpointError(f"{path}: its {what} weights do not fit the network of its own config: {mismatch} "
+                              f"(a checkpoint edited by hand, or written by another version of ddpm)")
+    model.load_state_dict(weights)
+
+
 def load_checkpoint(path: Path, map_location="cpu", *, mmap: bool = False) -> dict:
     """The checkpoint dict at `path` (mmap=True: tensors stay in the file until read, to look at the step or config).
 

@@ -58,6 +58,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from ddpm.distributed import resolve_device
+    from ddpm.guidance import guided
     from ddpm.sample import generate
     from ddpm.train import load_run
     from ddpm.viz import GIF_FRAMES, save_denoising_gif, save_grid
@@ -67,25 +68,53 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = run.model if args.raw else run.ema_model
     weights = "raw" if args.raw else "EMA"
     steps = None if args.sampler == "ddpm" else args.steps
-    out = Path(args.out) if args.out else run.run_dir / f"samples-{weights.lower()}-{args.sampler}{steps or ''}.png"
-    print(f"sampling {args.num} images from the {weights} weights of {run.run_dir} (step {run.step}), "
+    labels, scale, what = sample_labels(run, args)
+    out = Path(args.out) if args.out else run.run_dir / (
+        f"samples-{weights.lower()}-{args.sampler}{steps or ''}{f'-g{scale:g}' if scale is not None else ''}"
+        f"{'-' + args.label.strip().lower().replace(' ', '-') if args.label else ''}.png")
+    print(f"sampling {args.num} images{what} from the {weights} weights of {run.run_dir} (step {run.step}), "
           f"{args.sampler}{'' if steps is None else f' {steps} steps'}, eta={args.eta}, on {device}")
     if args.gif:
         generator = torch.Generator(device=device).manual_seed(args.seed)
         size = run.config.resolution
         images, trajectory = run.diffusion.sample(
-            model, (args.num, 3, size, size), sampler=args.sampler, steps=steps, eta=args.eta, generator=generator,
-            device=device, return_trajectory=True, trajectory_frames=GIF_FRAMES, progress=True,
+            model if labels is None else guided(model, labels.to(device), scale), (args.num, 3, size, size),
+            sampler=args.sampler, steps=steps, eta=args.eta, generator=generator, device=device,
+            return_trajectory=True, trajectory_frames=GIF_FRAMES, progress=True,
         )
         save_denoising_gif(trajectory, args.gif)
         print(f"wrote {args.gif}")
     else:
         images = generate(model, run.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
-                          steps=steps, eta=args.eta, seed=args.seed, device=device)
-    title = f"{run.run_dir.name}, step {run.step}, {weights} weights, {args.sampler}{steps or ''}, eta={args.eta}"
+                          steps=steps, eta=args.eta, seed=args.seed, device=device, labels=labels, guidance_scale=scale)
+    title = f"{run.run_dir.name}, step {run.step}, {weights} weights, {args.sampler}{steps or ''}, eta={args.eta}{what}"
     save_grid(images, out, title=title)
     print(f"wrote {out}")
     return 0
+
+
+def sample_labels(run, args: argparse.Namespace):
+    """(labels, guidance scale, description) of `sample`: one label for every image (--label), or labels drawn with the
+    data's frequencies; (None, None, "") for an unconditional run, which refuses --label and --guidance-scale."""
+    import torch
+
+    from ddpm.labels import classes_path
+
+    if run.classes is None:
+        if args.label is not None or args.guidance_scale is not None:
+            flag = "--label" if args.label is not None else "--guidance-scale"
+            raise ValueError(f"{flag}: run {run.run_dir} is unconditional (num_classes=0) and knows no labels; train "
+                             f"a class-conditional run (--num-classes 102) to sample by label")
+        return None, None, ""
+    scale = 1.0 if args.guidance_scale is None else args.guidance_scale
+    if args.label is not None:
+        index = run.classes.index(args.label, where=str(run.run_dir))
+        labels = torch.full((args.num,), index, dtype=torch.long)
+        what = f" of {run.classes.names[index]!r} (label {run.classes.labels[index]})"
+    else:
+        labels = run.classes.draw(args.num, seed=args.seed)
+        what = f" of labels drawn with the data's frequencies (see {classes_path(run.run_dir)})"
+    return labels, scale, f"{what}, guidance {scale:g}"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -160,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100, help="DDIM / DPM-Solver steps (DDPM always runs all T)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--raw", action="store_true", help="sample from the raw weights instead of the EMA weights")
+    p.add_argument("--label", default=None,
+                   help="class-conditional runs: sample this label, a name or a dataset label (any case), e.g. "
+                        "sunflower or 54; default: labels drawn with the data's frequencies")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="class-conditional runs: classifier-free guidance scale (0 unconditional, 1 plain conditional "
+                        "(default), 2-4 closer to the class)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")

@@ -49,11 +49,19 @@ class Config:
     attention_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
     scale_shift_norm: bool = True  # AdaGN: t sets a scale and shift of each block's second GroupNorm (improved UNet)
+    # Class conditioning (improved UNet): a learned label embedding added to the time embedding, plus one null label
+    # that training uses with probability label_dropout, so one network is both conditional and unconditional and can
+    # be sampled with classifier-free guidance (Ho & Salimans 2022). 0 classes: an unconditional network.
+    num_classes: int = 0
+    label_dropout: float = 0.1
     # diffusion
     timesteps: int = 1000
     schedule: str = "linear"
     prediction: str = "eps"
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; None: plain MSE
+    # Which noise levels training draws: "uniform" t (Ho et al.), or "lognormal": EDM's log-normal density of sigma
+    # with its loss weight (Karras et al. 2022), written over the discrete t (ddpm/diffusion.py).
+    noise_sampling: str = "uniform"
     # optimisation
     batch_size: int = 128
     lr: float = 2e-4
@@ -70,6 +78,9 @@ class Config:
     # Warm-up: the half-life is at most this fraction of the images seen so far, so the configured one is in force
     # after ema_half_life_kimg / ema_rampup kimg. Every profile gets there before the last quarter of its run.
     ema_rampup: float | None = 0.1
+    # A second EMA with another half-life, tracked beside the first (same ramp-up) and kept in the checkpoint as
+    # "ema2", so that two half-lives can be compared from one run instead of two (None: none).
+    ema2_half_life_kimg: float | None = None
     seed: int = 0
     # speed (CUDA only; ignored on CPU)
     amp: bool = True  # bf16 autocast
@@ -104,9 +115,15 @@ class Config:
                      "max_skipped_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("train_minutes", "side_kimg"):
+        for name in ("train_minutes", "side_kimg", "ema2_half_life_kimg"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive (or None), got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (unconditional) or the number of labels, got {self.num_classes}")
+        if self.num_classes and self.model == "baseline":
+            raise ValueError("num_classes: the baseline UNet is unconditional; class conditioning needs model='unet'")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.fid_ddpm_samples == 1 or self.fid_ddpm_samples < 0:
             raise ValueError(f"fid_ddpm_samples must be 0 (no DDPM row) or at least 2, got {self.fid_ddpm_samples}")
         for name in ("fid_samples", "fid_compare_samples", "solver_steps"):

@@ -22,6 +22,10 @@ from ddpm.progress import progress_bar
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
 SAMPLERS = ("ddpm", "ddim", "dpmpp2m")  # dpmpp2m: DPM-Solver++(2M)
+NOISE_SAMPLINGS = ("uniform", "lognormal")
+# EDM's training distribution and loss weight (Karras et al. 2022, Table 1): ln(sigma) ~ N(P_mean, P_std^2), and
+# lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on the x0 error.
+EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA = -1.2, 1.2, 0.5
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -61,6 +65,26 @@ def min_snr_weight(alpha_bar: torch.Tensor, prediction: str, gamma: float | None
     return capped / snr if prediction == "eps" else capped / (snr + 1)
 
 
+def lognormal_timestep_probs(alpha_bar: torch.Tensor, p_mean: float = EDM_P_MEAN, p_std: float = EDM_P_STD):
+    """EDM's log-normal density of sigma, written over T discrete steps: step t gets the probability mass of the
+    ln(sigma) values nearer to its own ln(sigma_t) = ln(sqrt((1 - alpha-bar_t) / alpha-bar_t)) than to its
+    neighbours'. Float64, sums to 1."""
+    log_sigma = 0.5 * torch.log((1 - alpha_bar) / alpha_bar.clamp(min=1e-300))  # increasing in t
+    edges = torch.cat([log_sigma.new_tensor([-math.inf]), (log_sigma[1:] + log_sigma[:-1]) / 2,
+                       log_sigma.new_tensor([math.inf])])
+    cdf = torch.special.ndtr((edges - p_mean) / p_std)
+    return cdf[1:] - cdf[:-1]
+
+
+def edm_weight(alpha_bar: torch.Tensor, prediction: str, sigma_data: float = EDM_SIGMA_DATA) -> torch.Tensor:
+    """EDM's lambda(sigma) on the x0 error, as a weight on this package's eps or v error: x0_hat errs by sigma times
+    the eps error (by sqrt(1 - alpha-bar) times the v error), so the weight is lambda times that factor squared.
+    For eps it is (sigma^2 + sigma_data^2) / sigma_data^2."""
+    sigma2 = (1 - alpha_bar) / alpha_bar
+    lam = (sigma2 + sigma_data**2) / (sigma2 * sigma_data**2)
+    return lam * (sigma2 if prediction == "eps" else 1 - alpha_bar)
+
+
 def nearest_increasing(values: torch.Tensor, targets: torch.Tensor) -> list[int]:
     """For each target the index of the nearest of the (monotonic) `values`, nudged so that the indices are strictly
     increasing and in range: exactly len(targets) distinct indices, even where the grid is coarser than the targets."""
@@ -82,7 +106,8 @@ class GaussianDiffusion(nn.Module):
     """Forward process, loss and samplers for T discrete steps; t is an integer index 0..T-1 (paper's t = index + 1)."""
 
     def __init__(
-        self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps", min_snr_gamma: float | None = None
+        self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps", min_snr_gamma: float | None = None,
+        noise_sampling: str = "uniform",
     ):
         super().__init__()
         if timesteps < 2:
@@ -91,10 +116,15 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if min_snr_gamma is not None and not min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be positive (e.g. 5) or None, got {min_snr_gamma!r}")
+        if noise_sampling not in NOISE_SAMPLINGS:
+            raise ValueError(f"noise_sampling must be one of {NOISE_SAMPLINGS}, got {noise_sampling!r}")
+        if noise_sampling == "lognormal" and min_snr_gamma is not None:
+            raise ValueError("noise_sampling='lognormal' brings EDM's own loss weight: set min_snr_gamma to None")
         self.timesteps = timesteps
         self.schedule = schedule
         self.prediction = prediction
         self.min_snr_gamma = min_snr_gamma
+        self.noise_sampling = noise_sampling
 
         betas = make_betas(schedule, timesteps)
         alphas = 1 - betas
@@ -113,7 +143,10 @@ class GaussianDiffusion(nn.Module):
             "posterior_log_variance": torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]])),
             "posterior_mean_coef_x0": betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
             "posterior_mean_coef_xt": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
-            "loss_weight": min_snr_weight(alpha_bar, prediction, min_snr_gamma),
+            "loss_weight": (edm_weight(alpha_bar, prediction) if noise_sampling == "lognormal"
+                            else min_snr_weight(alpha_bar, prediction, min_snr_gamma)),
+            "timestep_probs": (lognormal_timestep_probs(alpha_bar) if noise_sampling == "lognormal"
+                               else torch.full_like(alpha_bar, 1 / timesteps)),
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)
@@ -137,7 +170,10 @@ class GaussianDiffusion(nn.Module):
         return extract(self.sqrt_alpha_bar, t, x0) * noise - extract(self.sqrt_one_minus_alpha_bar, t, x0) * x0
 
     def sample_timesteps(self, batch: int, *, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
+        """t for a training batch: uniform (Ho et al.), or from timestep_probs (EDM's log-normal sigma)."""
+        if self.noise_sampling == "uniform":
+            return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
+        return torch.multinomial(self.timestep_probs.to(device), batch, replacement=True, generator=generator)
 
     def training_loss(
         self,
@@ -147,16 +183,18 @@ class GaussianDiffusion(nn.Module):
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Algorithm 1: pick t and noise, noise x0 to x_t, regress the network's prediction onto the target (MSE)."""
+        """Algorithm 1: pick t and noise, noise x0 to x_t, regress the network's prediction onto the target (MSE).
+        labels: class indices for a conditional network (None: the network is called as model(x_t, t))."""
         if t is None:
             t = self.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self.q_sample(x0, t, noise)
-        prediction = model(x_t, t)
+        prediction = model(x_t, t) if labels is None else model(x_t, t, labels)
         target = self.training_target(x0, t, noise).float()
-        if self.min_snr_gamma is None:
+        if self.min_snr_gamma is None and self.noise_sampling == "uniform":
             return F.mse_loss(prediction.float(), target)
         per_image = F.mse_loss(prediction.float(), target, reduction="none").flatten(1).mean(1)
         return (self.loss_weight.gather(0, t) * per_image).mean()

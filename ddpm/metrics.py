@@ -335,10 +335,11 @@ def dataset_features(
 # ----------------------------------------------------------------------------------------------------------------------
 # Evaluating a run, and the result files
 def result_name(result: dict) -> str:
-    """`<weights>-<sampler>-<steps>[-eta<eta>]-n<N>`: the file stem of one evaluation in run_dir/metrics/ (eta only
-    for stochastic DDIM, so the names of earlier results still match)."""
+    """`<weights>-<sampler>-<steps>[-eta<eta>][-g<scale>]-n<N>`: the file stem of one evaluation in run_dir/metrics/
+    (eta only for stochastic DDIM, the guidance scale only for conditional runs, so earlier names still match)."""
     eta = f"-eta{result['eta']:g}" if result["sampler"] == "ddim" and result.get("eta") else ""
-    return f"{result['weights']}-{result['sampler']}-{result['steps']}{eta}-n{result['num_generated']}"
+    guidance = f"-g{result['guidance_scale']:g}" if result.get("guidance_scale") is not None else ""
+    return f"{result['weights']}-{result['sampler']}-{result['steps']}{eta}{guidance}-n{result['num_generated']}"
 
 
 def samples_path(result_path: Path | str) -> Path:
@@ -371,11 +372,14 @@ def evaluate_run(
     cache_dir: Path | str | None = None,
     data_dir: Path | str | None = None,
     progress: bool = True,
+    guidance_scale: float | None = None,
 ) -> dict:
     """Sample `num_samples` images from a run (EMA weights unless use_ema=False) and score them with FID and KID
     against the run's dataset at the run's resolution (all images, or a fixed random subset of `num_real`).
     num_samples and batch_size default to the run's config (fid_samples, fid_batch_size: the profile's budget).
     On a CPU, pass num_real: the features of all 8189 flowers take ~30 min there (once; then they are cached).
+    A class-conditional run draws its labels with the training data's label frequencies (seeded by `seed`), so that
+    its scores compare with an unconditional run's, and samples them with guidance_scale (default 1).
 
     Writes the result to run_dir/metrics/<weights>-<sampler>-<steps>-n<N>.json, appends it to run_dir/metrics.jsonl
     and returns it."""
@@ -394,6 +398,11 @@ def evaluate_run(
         raise ValueError(f"num_samples must be at least 2 (FID needs a covariance), got {num_samples}")
     if sampler == "ddpm":
         steps = config.timesteps  # DDPM always walks all T steps: record what ran
+    if run.classes is None and guidance_scale is not None:
+        raise ValueError(f"guidance_scale: run {run.run_dir} is unconditional (num_classes=0)")
+    if run.classes is not None and guidance_scale is None:
+        guidance_scale = 1.0
+    labels = run.classes.draw(num_samples, seed=seed) if run.classes is not None else None
 
     data = load_images(config.dataset, config.resolution, data_dir=data_dir, split=config.split)
     real = dataset_features(data, feature=feature, num_images=num_real, cache_dir=cache_dir or default_cache_dir(data_dir),
@@ -402,7 +411,8 @@ def evaluate_run(
     sample_start = time.perf_counter()
     model = run.ema_model if use_ema else run.model
     images = generate(model, run.diffusion, num_samples, batch_size=batch_size, sampler=sampler, steps=steps, eta=eta,
-                      seed=seed, device=device, progress=progress, compile=config.compile and device.type == "cuda")
+                      seed=seed, device=device, progress=progress, compile=config.compile and device.type == "cuda",
+                      labels=labels, guidance_scale=guidance_scale)
     sampling_seconds = time.perf_counter() - sample_start
     fake = extract_features(images, feature, batch_size=batch_size, device=device, progress=progress,
                             desc="features of samples")
@@ -422,6 +432,7 @@ def evaluate_run(
         "sampler": sampler,
         "steps": steps,
         "eta": eta if sampler == "ddim" else None,  # only DDIM has an eta
+        "guidance_scale": guidance_scale,  # None: an unconditional run
         "weights": "ema" if use_ema else "raw",
         "dataset": config.dataset,
         "split": config.split,
@@ -636,6 +647,9 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=100, help="DDIM / DPM-Solver steps (DDPM always uses all T)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="class-conditional runs: classifier-free guidance scale (default 1); the labels are drawn "
+                             "with the data's label frequencies")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's fid_batch_size (64 with "
                         "--real-vs-real)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -669,7 +683,7 @@ def run_fid_command(args: argparse.Namespace) -> int:
         result = evaluate_run(args.checkpoint, num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
                               eta=args.eta, use_ema=not args.raw, batch_size=args.batch_size, device=args.device,
                               seed=args.seed, kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets,
-                              num_real=args.num_real, cache_dir=args.cache_dir)
+                              num_real=args.num_real, cache_dir=args.cache_dir, guidance_scale=args.guidance_scale)
         run_dir = Path(args.checkpoint)
         run_dir = run_dir.parent if run_dir.is_file() else run_dir
         print(f"wrote {run_dir / 'metrics' / (result_name(result) + '.json')}", file=sys.stderr)

@@ -43,6 +43,7 @@ class EvalSpec:
     num_real: int | None
     headline: bool = False  # the rows scored on the full protocol (fid_samples)
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 fresh noise at every step as in DDPM
+    guidance_scale: float | None = None  # conditional runs only: classifier-free guidance (two network passes a step)
 
     @property
     def name(self) -> str:
@@ -50,13 +51,14 @@ class EvalSpec:
         from ddpm.metrics import result_name
 
         return result_name({"weights": self.weights, "sampler": self.sampler, "steps": self.steps, "eta": self.eta,
-                            "num_generated": self.num_generated})
+                            "guidance_scale": self.guidance_scale, "num_generated": self.num_generated})
 
     @property
     def sampling(self) -> str:
         """e.g. `ema ddim-50 eta=1`."""
         eta = f" eta={self.eta:g}" if self.sampler == "ddim" else ""
-        return f"{self.weights} {self.sampler}-{self.steps}{eta}"
+        guidance = f" guidance={self.guidance_scale:g}" if self.guidance_scale is not None else ""
+        return f"{self.weights} {self.sampler}-{self.steps}{eta}{guidance}"
 
     @property
     def label(self) -> str:

@@ -74,7 +74,7 @@ def make_evaluation(plan: Plan, spec: EvalSpec, *, device=None, feature=None, pr
     cfg = plan.run_config(spec.run)
     return evaluate_run(cfg.run_dir, num_samples=spec.num_generated, num_real=spec.num_real, sampler=spec.sampler,
                         steps=spec.steps, eta=spec.eta, use_ema=spec.weights == "ema", batch_size=cfg.fid_batch_size,
-                        device=device, feature=feature, progress=progress)
+                        device=device, feature=feature, progress=progress, guidance_scale=spec.guidance_scale)
 
 
 def evaluation_samples(plan: Plan, spec: EvalSpec, *, device=None) -> dict:

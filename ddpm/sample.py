@@ -2,6 +2,11 @@
 
     run = load_run("runs/cpu-unet-flowers102-32px")          # raw and EMA weights
     images = generate(run.ema_model, run.diffusion, 32)      # uint8 [32, 3, 32, 32], from the EMA weights
+
+A class-conditional run also takes labels (class indices) and a guidance scale:
+
+    labels = run.classes.draw(32) or torch.full((32,), run.classes.index("sunflower"))
+    images = generate(run.ema_model, run.diffusion, 32, labels=labels, guidance_scale=3)
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from torch import nn
 
 from ddpm.data import to_uint8
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.guidance import guided
 from ddpm.progress import progress_bar
 
 
@@ -45,13 +51,19 @@ def generate(
     channels_last: bool | None = None,
     compile: bool = False,
     progress: bool = True,
+    labels: torch.Tensor | None = None,
+    guidance_scale: float | None = None,
 ) -> torch.Tensor:
     """`num_images` samples as uint8 [N, 3, R, R] on the CPU.
 
     Every batch has the same size, min(batch_size, num_images), and the surplus of the last one is dropped: one
     compiled graph (compile=True) then serves the whole call. Batch i uses seed + i, so image k is the same whatever
     num_images is. On CUDA the network runs in bf16 autocast (amp) and channels_last (default: on CUDA).
-    DDPM ignores `steps` (always all T)."""
+    DDPM ignores `steps` (always all T).
+
+    A class-conditional model (num_classes > 0) needs `labels`, one class index per image, and is sampled with
+    classifier-free guidance of scale `guidance_scale` (default 1: plain conditional; 0: unconditional, and then
+    labels may be left out). An unconditional model takes neither."""
     device = torch.device(device)
     model = model.to(device).eval()
     diffusion = diffusion.to(device)
@@ -60,6 +72,7 @@ def generate(
         raise ValueError("the model has no image_size attribute: pass a ddpm UNet or BaselineUNet")
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
+    labels, guidance_scale = _check_labels(model, num_images, labels, guidance_scale)
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -70,14 +83,42 @@ def generate(
     for i in progress_bar(batches, desc=f"{sampler} batches", disable=not progress or len(batches) < 2):
         generator = torch.Generator(device=device).manual_seed(seed + i)
         noise = torch.randn((batch, 3, size, size), device=device, generator=generator)
+        step_model = net
+        if labels is not None:  # this batch's labels (the surplus images of the last one take the first labels)
+            batch_labels = labels[torch.arange(i * batch, (i + 1) * batch) % num_images]
+            step_model = guided(net, batch_labels.to(device), guidance_scale)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             x = diffusion.sample(
-                net, noise.shape, sampler=sampler, steps=None if sampler == "ddpm" else steps, eta=eta,
+                step_model, noise.shape, sampler=sampler, steps=None if sampler == "ddpm" else steps, eta=eta,
                 noise=noise.contiguous(memory_format=memory_format), generator=generator, device=device,
                 progress=progress and len(batches) < 2,
             )
         out.append(to_uint8(x.float()).cpu())
     return torch.cat(out)[:num_images]
+
+
+def _check_labels(model: nn.Module, num_images: int, labels, guidance_scale):
+    """(labels or None, scale) for generate(): labels only for a conditional model, one per image; a conditional model
+    without labels only at scale 0 (unconditional: all null labels)."""
+    conditional = bool(getattr(model, "num_classes", 0))
+    if not conditional:
+        if labels is not None or guidance_scale is not None:
+            raise ValueError("labels / guidance_scale: this model is unconditional (num_classes=0); they need a "
+                             "class-conditional run")
+        return None, None
+    scale = 1.0 if guidance_scale is None else float(guidance_scale)
+    if labels is None:
+        if scale != 0:
+            raise ValueError("a class-conditional model needs labels (one class index per image, e.g. "
+                             "run.classes.draw(n)), or guidance_scale=0 for unconditional samples")
+        labels = torch.full((num_images,), model.num_classes, dtype=torch.long)
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
+    if len(labels) != num_images:
+        raise ValueError(f"labels: got {len(labels)} labels for {num_images} images")
+    if labels.min() < 0 or labels.max() > model.num_classes:
+        raise ValueError(f"labels must be class indices 0..{model.num_classes - 1} (or {model.num_classes}, the null "
+                         f"label), got {labels.min().item()}..{labels.max().item()}")
+    return labels, scale
 
 
 def time_sampler(model, diffusion, num_images: int, **kwargs) -> tuple[torch.Tensor, float]:

@@ -7,6 +7,8 @@ A run folder (``runs/<profile>-<model>-<dataset>-<res>px/``) holds:
                   half-life in force and the steps skipped for non-finite gradients
   checkpoint.pt   model, EMA, optimiser, scheduler, step and every rank's RNG states, written atomically and only
                   with finite weights; resuming from it continues exactly where the run stopped
+  labels.json     conditional runs: the class index, dataset label, name and image count of every label (also in
+                  the checkpoint, so sampling needs no data)
   samples/        periodic 4x8 grids sampled from the EMA weights
 """
 from __future__ import annotations
@@ -25,11 +27,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpm import data as ddpm_data
-from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
+from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint, load_weights
 from ddpm.config import RUNTIME_FIELDS, Config, display_path
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import DistInfo, all_gather_object, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from ddpm.ema import EMA, ema_half_life
+from ddpm.guidance import guided
+from ddpm.labels import Classes, classes_path
 from ddpm.progress import progress_bar
 from ddpm.unet import BaselineUNet, UNet
 
@@ -50,6 +54,7 @@ def build_model(config: Config) -> nn.Module:
         attention_resolutions=config.attention_resolutions,
         dropout=config.dropout,
         scale_shift_norm=config.scale_shift_norm,
+        num_classes=config.num_classes,
     )
 
 
@@ -60,7 +65,8 @@ def count_config_parameters(config: Config) -> int:
 
 
 def build_diffusion(config: Config) -> GaussianDiffusion:
-    return GaussianDiffusion(config.timesteps, config.schedule, config.prediction, min_snr_gamma=config.min_snr_gamma)
+    return GaussianDiffusion(config.timesteps, config.schedule, config.prediction, min_snr_gamma=config.min_snr_gamma,
+                             noise_sampling=config.noise_sampling)
 
 
 def warmup_lambda(warmup_steps: int):
@@ -107,6 +113,9 @@ class TrainLoop:
             config.dataset, config.resolution, limit=config.limit_images, split=config.split
         )
         self.images = data.images.to(self.device)
+        # Conditional runs: each image's class index, and the mapping from indices to the dataset's labels.
+        self.classes = Classes.from_data(data, config.num_classes) if config.num_classes else None
+        self.class_index = self.classes.indices(data.labels).to(self.device) if self.classes else None
 
         torch.manual_seed(config.seed + self.dist.rank)  # initial weights (identical: rank 0's are broadcast) + dropout
         self.model = build_model(config).to(self.device)
@@ -114,6 +123,7 @@ class TrainLoop:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.diffusion = build_diffusion(config).to(self.device)
         self.ema = EMA(self.model, config.ema_half_life_kimg, config.ema_rampup)
+        self.ema2 = EMA(self.model, config.ema2_half_life_kimg, config.ema_rampup) if config.ema2_half_life_kimg else None
         # Fused AdamW (CPU and CUDA) reads `found_inf` on the device and skips the whole update when it is 1: a step
         # with non-finite gradients is dropped without the host waiting for the GPU (as GradScaler does).
         self.optimizer = torch.optim.AdamW(
@@ -145,6 +155,8 @@ class TrainLoop:
         elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir / "config.json")
+            if self.classes:
+                classes_path(self.run_dir).write_text(json.dumps(self.classes.to_list(), indent=1) + "\n")
         barrier(self.dist)
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -157,26 +169,33 @@ class TrainLoop:
         if self.verbose:
             print(message, flush=True)
 
-    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x0, t, noise) for this rank: its slice of one global batch drawn from the shared generator."""
+    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x0, t, noise, labels) for this rank: its slice of one global batch drawn from the shared generator.
+        labels (conditional runs only, else None): the images' class indices, each replaced by the null label
+        (num_classes) with probability label_dropout, which trains the unconditional model guidance needs."""
         b, g = self.config.batch_size, self.generator
         index = torch.randint(0, self.images.shape[0], (b,), device=self.device, generator=g)
         x0 = ddpm_data.to_model_input(self.images[index], flip=self.config.flip, generator=g)
         t = self.diffusion.sample_timesteps(b, device=self.device, generator=g)
         noise = torch.randn(x0.shape, device=self.device, generator=g)
+        labels = None
+        if self.class_index is not None:
+            dropped = torch.rand(b, device=self.device, generator=g) < self.config.label_dropout
+            labels = torch.where(dropped, self.config.num_classes, self.class_index[index])
         if self.dist.enabled:
             part = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
             x0, t, noise = x0[part], t[part], noise[part]
+            labels = None if labels is None else labels[part]
         if self.cuda and self.config.channels_last:
             x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
-        return x0, t, noise
+        return x0, t, noise, labels
 
     def train_step(self) -> None:
         """One step of Algorithm 1. A step whose gradient norm is not finite changes nothing but the counters."""
         self.in_step = True
-        x0, t, noise = self.draw_batch()
+        x0, t, noise, labels = self.draw_batch()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
-            loss = self.diffusion.training_loss(self.train_model, x0, t=t, noise=noise)
+            loss = self.diffusion.training_loss(self.train_model, x0, t=t, noise=noise, labels=labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or math.inf)
@@ -186,6 +205,8 @@ class TrainLoop:
         self.scheduler.step()
         self.step += 1
         self.ema.update(self.model, self.step * self.config.batch_size, self.config.batch_size)
+        if self.ema2 is not None:
+            self.ema2.update(self.model, self.step * self.config.batch_size, self.config.batch_size)
         self.loss_sum += torch.where(bad, 0.0, loss.detach().float())
         self.loss_count += (~bad).float()
         self.skipped += bad.float()
@@ -356,10 +377,13 @@ class TrainLoop:
             "skipped": self.skipped.detach().cpu(),
             "skip_streak": self.skip_streak.detach().cpu(),
             "rng": {"generator": self.generator.get_state(), "per_rank": per_rank_rng or [self.rng_state()]},
+            "classes": self.classes.to_list() if self.classes else None,
+            **({"ema2": self.ema2.state_dict()} if self.ema2 is not None else {}),
         }
 
     def weights_finite(self) -> bool:
-        tensors = [p.detach() for p in self.model.parameters()] + [p.detach() for p in self.ema.parameters()]
+        averages = [self.ema] + ([self.ema2] if self.ema2 is not None else [])
+        tensors = [p.detach() for p in self.model.parameters()] + [p.detach() for a in averages for p in a.parameters()]
         return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
     def save_checkpoint(self) -> None:
@@ -381,8 +405,14 @@ class TrainLoop:
                 f"{self.checkpoint_path} was trained with another config ({changed}); resume with the saved config, "
                 f"or start a new run with another run_name / runs_dir"
             )
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        saved_classes = state.get("classes")
+        if saved_classes is not None and self.classes is not None and Classes.from_list(saved_classes) != self.classes:
+            raise ValueError(f"{self.checkpoint_path} was trained on other labels than {self.config.dataset!r} has "
+                             f"now (see {classes_path(self.run_dir)}); resume on the same data, or start a new run")
+        load_weights(self.model, state["model"], self.checkpoint_path)
+        load_weights(self.ema, state["ema"], self.checkpoint_path, "EMA")
+        if self.ema2 is not None:
+            load_weights(self.ema2, state["ema2"], self.checkpoint_path, "second EMA")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.seconds = state["step"], state["seconds"]
@@ -417,6 +447,8 @@ class TrainLoop:
         from ddpm.viz import save_grid
 
         model = self.ema.module.eval()
+        if self.classes:  # conditional: labels drawn with the data's frequencies, plain conditional sampling
+            model = guided(model, self.classes.draw(32, seed=1234).to(self.device), 1.0)
         generator = torch.Generator(device=self.device).manual_seed(1234)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
             images = self.diffusion.sample(
@@ -451,6 +483,7 @@ class Run:
     step: int
     seconds: float
     run_dir: Path
+    classes: Classes | None = None  # conditional runs: their labels (class index -> dataset label, name, frequency)
 
     @property
     def finished(self) -> bool:
@@ -472,10 +505,11 @@ def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
     state = load_checkpoint(path, map_location=device)
     config = Config.from_dict(state["config"])
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     ema_model = build_model(config)
     # AveragedModel keeps the copy under "module." next to its n_averaged counter.
-    ema_model.load_state_dict({k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")})
+    load_weights(ema_model, {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}, path,
+                 "EMA")
     return Run(
         config=config,
         model=model.to(device).eval().requires_grad_(False),
@@ -484,6 +518,7 @@ def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
         step=state["step"],
         seconds=state["seconds"],
         run_dir=path.parent,
+        classes=Classes.from_list(state["classes"]) if state.get("classes") else None,
     )
 
 

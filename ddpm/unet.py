@@ -198,6 +198,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         in_channels: int = 3,
         scale_shift_norm: bool = False,
+        num_classes: int = 0,
     ):
         super().__init__()
         check_image_size(image_size, channel_mult)
@@ -214,6 +215,10 @@ class UNet(nn.Module):
             nn.Linear(base_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
         )
         self.base_channels = base_channels
+        # Class conditioning: one embedding per label plus the null label (index num_classes), added to the time
+        # embedding so that every block sees it where it sees t (as improved-diffusion's label_emb).
+        self.num_classes = num_classes
+        self.label_emb = nn.Embedding(num_classes + 1, time_dim) if num_classes else None
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         # Encoder: remember the channel count of every tensor pushed on the skip stack.
@@ -253,8 +258,15 @@ class UNet(nn.Module):
         self.out_norm = group_norm(channels)
         self.out_conv = zero_init(nn.Conv2d(channels, in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """labels: class indices [B] of a conditional network, num_classes for the null label (None: all null)."""
         time_emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype))
+        if self.label_emb is not None:
+            if labels is None:
+                labels = torch.full_like(t, self.num_classes, dtype=torch.long)
+            time_emb = time_emb + self.label_emb(labels).to(time_emb.dtype)
+        elif labels is not None:
+            raise ValueError("labels given to an unconditional UNet (num_classes=0)")
         h = self.stem(x)
         skips = [h]
         for i, level in enumerate(self.down_levels):

@@ -273,3 +273,40 @@ def test_min_snr_loss_is_the_weighted_per_image_mse(prediction):
     assert weighted.training_loss(model, x0, t=t, noise=noise).item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
         GaussianDiffusion(1000, min_snr_gamma=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# EDM's noise distribution and loss weight, written over the discrete steps
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lognormal_noise_levels_follow_edm_distribution(schedule):
+    d = GaussianDiffusion(1000, schedule, noise_sampling="lognormal")
+    assert d.timestep_probs.sum().item() == pytest.approx(1.0, abs=1e-6)
+    t = d.sample_timesteps(200_000, device="cpu", generator=torch.Generator().manual_seed(0))
+    log_sigma = 0.5 * torch.log((1 - d.alpha_bar_f64[t]) / d.alpha_bar_f64[t])
+    # ln(sigma) ~ N(-1.2, 1.2^2) up to the grid's spacing (the steps are ~0.01-0.05 apart in ln sigma there)
+    assert log_sigma.mean().item() == pytest.approx(-1.2, abs=0.03)
+    assert log_sigma.std().item() == pytest.approx(1.2, abs=0.03)
+    uniform = GaussianDiffusion(1000, schedule)
+    assert torch.equal(uniform.sample_timesteps(8, device="cpu", generator=torch.Generator().manual_seed(0)),
+                       torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_lognormal_loss_is_edm_lambda_on_the_x0_error(prediction):
+    d = GaussianDiffusion(1000, "linear", prediction, noise_sampling="lognormal")
+    torch.manual_seed(0)
+    x0, noise = torch.rand(5, 3, 4, 4) * 2 - 1, torch.randn(5, 3, 4, 4)
+    t = torch.tensor([0, 30, 200, 600, 999])
+    model = lambda x, tt: 0.3 * x  # noqa: E731
+    x_t = d.q_sample(x0, t, noise)
+    x0_hat, _ = d.predict_x0_eps(model(x_t, t), x_t, t, clip=False)
+    a = d.alpha_bar_f64[t]
+    sigma2 = (1 - a) / a
+    lam = (sigma2 + 0.25) / (sigma2 * 0.25)  # EDM's lambda with sigma_data = 0.5
+    per_image_x0 = ((x0_hat.double() - x0.double()) ** 2).flatten(1).mean(1)
+    expected = (lam * per_image_x0).mean().item()
+    assert d.training_loss(model, x0, t=t, noise=noise).item() == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="EDM's own loss weight"):
+        GaussianDiffusion(1000, noise_sampling="lognormal", min_snr_gamma=5.0)
+    with pytest.raises(ValueError, match="noise_sampling must be one of"):
+        GaussianDiffusion(1000, noise_sampling="beta")

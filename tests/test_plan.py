@@ -106,3 +106,19 @@ def test_plan_command_bad_numbers_are_one_clear_line(flag, capsys):
     assert main(["plan", "--profile", "gpu", *flag]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --") and "\n" not in err
+
+
+def test_guided_evaluations_count_two_network_passes_a_step():
+    from dataclasses import replace
+
+    plan = build_plan(get_config("smoke", use_env=False))
+    spec = plan.evaluations[0]
+    guided_spec = replace(spec, guidance_scale=3.0)
+    assert guided_spec.name != spec.name and "guidance=3" in guided_spec.sampling
+
+    def evaluation_flops(e):
+        return next(c.flops for c in budget.plan_costs(replace(plan, evaluations=(e,))) if c.phase == "evaluate")
+
+    network = spec.num_generated * spec.steps * budget.network_flops(plan.run_config(spec.run))
+    assert evaluation_flops(guided_spec) - evaluation_flops(spec) == pytest.approx(network)
+    assert evaluation_flops(replace(spec, guidance_scale=1.0)) == pytest.approx(evaluation_flops(spec))

@@ -266,3 +266,19 @@ def test_atomic_writes_give_the_files_the_usual_permissions_not_mkstemps_0600(tm
         os.umask(umask)
     for name in ("results.md", "checkpoint.pt"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_second_ema_leaves_training_alone_and_resumes_exactly(tiny_config, tmp_path):
+    plain = TrainLoop(tiny_config.replace(runs_dir=str(tmp_path / "plain")), verbose=False)
+    plain.run()
+    config = tiny_config.replace(ema2_half_life_kimg=0.5, ema_half_life_kimg=0.01, ema_rampup=None)
+    TrainLoop(config, verbose=False).run(until_step=4)
+    resumed = TrainLoop(config, verbose=False)
+    resumed.run()
+    straight = TrainLoop(config.replace(runs_dir=str(tmp_path / "straight")), verbose=False)
+    straight.run()
+    for a, b in [(resumed.model, plain.model), (resumed.ema2, straight.ema2), (resumed.ema, straight.ema)]:
+        assert all(torch.equal(x, y) for x, y in zip(weights(a).values(), weights(b).values()))
+    first, second = weights(resumed.ema), weights(resumed.ema2)
+    assert any(not torch.equal(first[k], second[k]) for k in first if k.startswith("module."))
+    assert "ema2" in torch.load(config.run_dir / "checkpoint.pt", weights_only=True)

@@ -1,0 +1,49 @@
+"""Classifier-free guidance (Ho & Salimans 2022): sample a class-conditional network as a blend of its conditional
+and its unconditional (null-label) predictions,
+
+    eps = eps_null + s (eps_label - eps_null).
+
+s = 1 is plain conditional sampling and s = 0 unconditional sampling; s > 1 pushes each sample further towards what
+makes it its class, trading diversity for fidelity. The blend is a model ``(x_t, t) -> prediction`` like any other,
+so every sampler of GaussianDiffusion (DDPM, DDIM, DPM-Solver++, trajectories and GIFs) takes it as it is. With
+v-prediction the same blend of v is the blend of eps, since both are linear in the output at a given x_t and t.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def null_labels(model: nn.Module, batch: int, device) -> torch.Tensor:
+    """The null label (index num_classes) for every image of a batch."""
+    return torch.full((batch,), model.num_classes, dtype=torch.long, device=device)
+
+
+def guided(model: nn.Module, labels: torch.Tensor, scale: float = 1.0):
+    """`model` (a conditional UNet) sampled towards `labels` [B] with guidance scale `scale`.
+
+    s = 1 and s = 0 call the network once, on the labels or on the null label, so they give exactly the conditional
+    or the unconditional prediction. Any other s makes one forward pass over both halves, batched."""
+    if not getattr(model, "num_classes", 0):
+        raise ValueError("guidance needs a class-conditional network (num_classes > 0); this one is unconditional")
+    if not scale >= 0:
+        raise ValueError(f"guidance_scale must be 0 or more, got {scale}")
+
+    def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cond = labels.to(x.device)
+        if cond.shape != t.shape:
+            raise ValueError(f"guidance: {cond.shape[0]} labels for a batch of {t.shape[0]} images")
+        if scale == 1:
+            return model(x, t, cond)
+        null = null_labels(model, x.shape[0], x.device)
+        if scale == 0:
+            return model(x, t, null)
+        conditional, unconditional = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null])).chunk(2)
+        return unconditional + scale * (conditional - unconditional)
+
+    return forward
+
+
+def network_calls(scale: float | None) -> int:
+    """Network evaluations per image and sampler step: 2 with guidance (both halves), 1 without or at s = 0 or 1."""
+    return 1 if scale is None or scale in (0, 1) else 2
