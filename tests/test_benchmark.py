@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.config import get_config
@@ -57,3 +58,26 @@ def test_diffusers_network_is_trained_by_trainloop(throughput, tmp_path):
     loop.train_step()
     assert loop.step == 1 and loop.ema.n_averaged.item() == 1
     assert (tmp_path / "throughput-diffusers" / "config.json").exists()  # the run folder went where it was told
+
+
+def test_recipe_candidates_pin_what_they_compare_and_the_second_ema_exports_as_a_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("recipe", SCRIPT.parent / "recipe.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    for name, (_, overrides) in recipe.CANDIDATES.items():
+        assert set(recipe.TODAY) <= set(overrides), name  # the profile's later defaults cannot change a candidate
+        config = recipe.candidate_config(name, 50)
+        assert config.total_steps * config.batch_size >= 50_000 and config.run_dir.name == name
+
+    from ddpm.train import load_run, train
+
+    config = get_config("smoke", base_channels=8, limit_images=8, batch_size=4, train_steps=6, progress=False,
+                        runs_dir=str(tmp_path), ema_half_life_kimg=0.004, ema2_half_life_kimg=0.1, ema_rampup=None)
+    train(config, verbose=False)
+    folder = recipe.export_ema2(config)
+    exported, original = load_run(folder), load_run(config.run_dir)
+    assert exported.config.ema_half_life_kimg == 0.1 and exported.config.ema2_half_life_kimg is None
+    ema2 = torch.load(config.run_dir / "checkpoint.pt", weights_only=True)["ema2"]
+    for key, value in exported.ema_model.state_dict().items():
+        assert torch.equal(value, ema2["module." + key])
+    assert not all(torch.equal(a, b) for a, b in zip(exported.ema_model.parameters(), original.ema_model.parameters()))
