@@ -23,6 +23,10 @@ from ddpm.config import Config
 CAP_FRACTION = {"baseline": 0.4, "side": 0.1, "schedule": 0.025}
 SIDE_BATCH = 64
 SIDE_EMA_FRACTION = 0.05  # side runs: EMA half-life as a fraction of their length (in force from half way, rampup 0.1)
+# The baseline UNet is the narrative's plain starting point, whatever recipe the profile's improved UNet uses: Ho et
+# al.'s eps-prediction on uniform t with the plain MSE, unconditional. The schedule runs train it the same way.
+PLAIN_DDPM = dict(model="baseline", prediction="eps", noise_sampling="uniform", min_snr_gamma=None, num_classes=0,
+                  ema2_half_life_kimg=None)
 
 
 @dataclass(frozen=True)
@@ -110,19 +114,21 @@ class Plan:
 def side_run(cfg: Config, cap: str = "side", **changes) -> Config:
     """A side run (pets, craters): the improved recipe on another dataset, side_kimg long. A batch of at most 64 gives
     the short run more optimiser steps, with a warm-up of a tenth of them and an EMA half-life in force for its second
-    half. Not compiled: at this length compiling would cost about as much as it saves."""
+    half. Not compiled: at this length compiling would cost about as much as it saves. Unconditional, whatever the
+    profile: the side runs compare datasets, and the craters have a single label."""
     batch = min(cfg.batch_size, SIDE_BATCH)
     steps = math.ceil(cfg.side_kimg * 1000 / batch)
     minutes = cfg.train_minutes and cfg.train_minutes * CAP_FRACTION[cap]
     return cfg.replace(train_steps=None, train_kimg=cfg.side_kimg, train_minutes=minutes, batch_size=batch,
                        warmup_steps=min(cfg.warmup_steps, max(steps // 10, 1)), compile=False,
-                       ema_half_life_kimg=cfg.side_kimg * SIDE_EMA_FRACTION, **changes)
+                       ema_half_life_kimg=cfg.side_kimg * SIDE_EMA_FRACTION,
+                       **{"num_classes": 0, "ema2_half_life_kimg": None, **changes})
 
 
 def schedule_run(cfg: Config, schedule: str) -> Config:
     """A short run of the small network (the baseline UNet, side-run length) trained with the noise `schedule`:
     the two of them compare the linear and cosine schedules where it matters, in training."""
-    return side_run(cfg, "schedule", model="baseline", min_snr_gamma=None, schedule=schedule,
+    return side_run(cfg, "schedule", **PLAIN_DDPM, schedule=schedule,
                     run_name=f"{cfg.profile}-schedule-{schedule}-{cfg.dataset}-{cfg.resolution}px")
 
 
@@ -131,8 +137,8 @@ def build_plan(cfg: Config) -> Plan:
     (ddpm/config.py) and DDPM_<FIELD> overrides size the plan; its shape is the same for all of them."""
     baseline_cap = cfg.train_minutes and cfg.train_minutes * CAP_FRACTION["baseline"]
     runs = [
-        # Same widths and length as the improved run; Ho et al.'s plain loss (Min-SNR is part of the improvements)
-        RunSpec("baseline", cfg.replace(model="baseline", min_snr_gamma=None, train_minutes=baseline_cap)),
+        # Same widths, length and optimiser as the improved run; Ho et al.'s linear schedule and plain loss
+        RunSpec("baseline", cfg.replace(**PLAIN_DDPM, schedule="linear", train_minutes=baseline_cap)),
         RunSpec("improved", cfg),
         RunSpec("pets", side_run(cfg, dataset="pets")),  # the partial Oxford-IIIT Pets (975 images)
         RunSpec("craters", side_run(cfg, dataset="craters", split="train")),  # 98 training images

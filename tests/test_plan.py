@@ -122,3 +122,16 @@ def test_guided_evaluations_count_two_network_passes_a_step():
     network = spec.num_generated * spec.steps * budget.network_flops(plan.run_config(spec.run))
     assert evaluation_flops(guided_spec) - evaluation_flops(spec) == pytest.approx(network)
     assert evaluation_flops(replace(spec, guidance_scale=1.0)) == pytest.approx(evaluation_flops(spec))
+
+
+def test_the_baseline_and_schedule_runs_stay_plain_whatever_the_profiles_recipe():
+    cfg = get_config("cpu", use_env=False, prediction="v", schedule="cosine", noise_sampling="lognormal",
+                     num_classes=102, ema2_half_life_kimg=10.0)
+    plan = build_plan(cfg)
+    for key in ("baseline", "linear", "cosine"):
+        run = plan.run_config(key)
+        assert (run.model, run.prediction, run.noise_sampling, run.min_snr_gamma, run.num_classes) == (
+            "baseline", "eps", "uniform", None, 0), key
+    assert plan.run_config("baseline").schedule == "linear" and plan.run_config("cosine").schedule == "cosine"
+    assert plan.run_config("improved") == cfg
+    assert plan.run_config("pets").num_classes == plan.run_config("craters").num_classes == 0
