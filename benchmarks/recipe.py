@@ -9,6 +9,7 @@ Each candidate is the `cpu` profile's improved UNet (32 px) with a few options c
     .venv/bin/python benchmarks/recipe.py train today-s0 --kimg 50 --threads 1     # train (or resume, or extend)
     .venv/bin/python benchmarks/recipe.py score today-s0                           # score its current checkpoint
     .venv/bin/python benchmarks/recipe.py table                                    # every score so far, as markdown
+    .venv/bin/python benchmarks/recipe.py sheet --out benchmarks/recipe.png        # 16 samples of each, one PNG
 
 Training resumes exactly from the run folder, so `--kimg 100` later carries a 50k run on to 100k. Every score is
 appended to runs/recipe/scores.jsonl with the images seen, and a 4x8 grid of its first samples is written beside it
@@ -137,6 +138,36 @@ def cmd_table(args) -> int:
     return 0
 
 
+def latest_rows() -> list[dict]:
+    """The last score of each candidate (and guidance scale, and EMA) at its longest length, best KID first."""
+    path = resolve_path(RUNS_DIR) / "scores.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    latest = {}
+    for row in rows:
+        if row["candidate"] not in latest or row["kimg"] >= latest[row["candidate"]]["kimg"]:
+            latest[row["candidate"]] = row
+    return sorted(latest.values(), key=lambda r: r["kid_mean"])
+
+
+def cmd_sheet(args) -> int:
+    """The first 16 samples of each candidate's latest score, under its name, KID and length: one PNG to look at."""
+    from ddpm.metrics import samples_path
+    from ddpm.viz import save_grid_row
+
+    grids = {}
+    for row in latest_rows():
+        name = row["candidate"]
+        run_dir = resolve_path(RUNS_DIR) / (name.split("-g")[0] if "-g" in name else name)
+        scale = name.rsplit("-g", 1)[1] if "-g" in name else None
+        stem = f"ema-{SAMPLER}-{STEPS}{'' if scale is None else f'-g{scale}'}-n{NUM_GENERATED}"
+        saved = samples_path(run_dir / "metrics" / f"{stem}.json")
+        images = torch.load(saved, weights_only=True)["images"][:16]
+        grids[f"{name}, {row['kimg']:.0f}k: KID {1e3 * row['kid_mean']:.0f}, FID {row['fid']:.0f}"] = images
+    print(save_grid_row(grids, args.out, columns=3, scale=2, title=f"EMA, DPM-Solver++(2M) {STEPS} steps, 32 px "
+                        f"(KID x 1e3 of {NUM_GENERATED} vs {NUM_REAL} real)"))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -152,6 +183,9 @@ def main(argv=None) -> int:
     p.add_argument("--ema2", action="store_true", help="score the second EMA (ema2_half_life_kimg) instead")
     p.set_defaults(func=cmd_score)
     sub.add_parser("table", help="every score so far, as markdown").set_defaults(func=cmd_table)
+    p = sub.add_parser("sheet", help="16 samples of each candidate's latest score in one PNG")
+    p.add_argument("--out", default="outputs/recipe.png")
+    p.set_defaults(func=cmd_sheet)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
