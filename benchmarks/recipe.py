@@ -12,8 +12,8 @@ Each candidate is the `cpu` profile's improved UNet (32 px) with a few options c
     .venv/bin/python benchmarks/recipe.py sheet --out benchmarks/recipe.png        # 16 samples of each, one PNG
 
 Training resumes exactly from the run folder, so `--kimg 100` later carries a 50k run on to 100k. Every score is
-appended to runs/recipe/scores.jsonl with the images seen, and a 4x8 grid of its first samples is written beside it
-(runs/recipe/<candidate>/recipe-grids/). The candidates pin every option they compare, so the table keeps its meaning
+appended to benchmarks/recipe-scores.jsonl (tracked) with the images seen, and a 4x8 grid of its first samples is
+written in the run folder (runs/recipe/<candidate>/recipe-grids/). The candidates pin every option they compare, so the table keeps its meaning
 when the profile's defaults change.
 """
 from __future__ import annotations
@@ -28,9 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ddpm.config import get_config, resolve_path  # noqa: E402
+from ddpm.config import display_path, get_config, resolve_path  # noqa: E402
 
 RUNS_DIR = "runs/recipe"
+SCORES = Path(__file__).resolve().parent / "recipe-scores.jsonl"  # tracked: the scores outlive the run folders
 NUM_GENERATED, NUM_REAL = 512, 1024
 SAMPLER, STEPS = "dpmpp2m", 20
 
@@ -118,16 +119,15 @@ def cmd_score(args) -> int:
            "kid_mean": result["kid_mean"], "kid_std": result["kid_std"], "fid": result["fid"],
            "floor_kid_mean": floor["kid_mean"], "floor_kid_std": floor["kid_std"], "floor_fid": floor["fid"],
            "num_generated": result["num_generated"], "num_real": result["num_real"], "seed": args.seed,
-           "grid": str(grid), "overrides": CANDIDATES[args.candidate][1]}
-    with open(resolve_path(RUNS_DIR) / "scores.jsonl", "a") as f:
+           "grid": display_path(grid), "overrides": CANDIDATES[args.candidate][1]}
+    with open(SCORES, "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
     return 0
 
 
 def cmd_table(args) -> int:
-    path = resolve_path(RUNS_DIR) / "scores.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = [json.loads(line) for line in SCORES.read_text().splitlines() if line.strip()] if SCORES.exists() else []
     latest = {(r["candidate"], r["kimg"]): r for r in rows}  # the last score of each candidate and length
     print("| candidate | kimg | KID x 1e3 (± std) | FID | floor KID x 1e3 | floor FID |")
     print("|---|---|---|---|---|---|")
@@ -140,8 +140,7 @@ def cmd_table(args) -> int:
 
 def latest_rows() -> list[dict]:
     """The last score of each candidate (and guidance scale, and EMA) at its longest length, best KID first."""
-    path = resolve_path(RUNS_DIR) / "scores.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in SCORES.read_text().splitlines() if line.strip()]
     latest = {}
     for row in rows:
         if row["candidate"] not in latest or row["kimg"] >= latest[row["candidate"]]["kimg"]:
