@@ -50,6 +50,8 @@ CANDIDATES = {  # name -> (description, overrides of the cpu profile)
     "v-cosine": ("v-prediction on the cosine schedule", dict(TODAY, **EMA2, prediction="v", schedule="cosine")),
     "v-minsnr5": ("v-prediction with Min-SNR-5 (linear schedule)",
                   dict(TODAY, **EMA2, prediction="v", min_snr_gamma=5.0)),
+    "v-minsnr5-s1": ("v-prediction with Min-SNR-5 (linear schedule), seed 1",
+                     dict(TODAY, **EMA2, prediction="v", min_snr_gamma=5.0, seed=1)),
     "keras-v-cosine": ("lr 1e-3, no clipping, weight decay 1e-4, v-prediction on the cosine schedule",
                        dict(TODAY, **EMA2, lr=1e-3, grad_clip=0.0, weight_decay=1e-4, prediction="v", schedule="cosine")),
     "edm": ("EDM's log-normal noise levels and loss weight (eps, linear schedule)",
