@@ -20,7 +20,7 @@ def null_labels(model: nn.Module, batch: int, device) -> torch.Tensor:
 
 
 def guided(model: nn.Module, labels: torch.Tensor, scale: float = 1.0):
-    """`model` (a conditional UNet) sampled towards `labels` [B] with guidance scale `scale`.
+    """`model` (a conditional UNet) sampled towards `labels` [B] (on its device) with guidance scale `scale`.
 
     s = 1 and s = 0 call the network once, on the labels or on the null label, so they give exactly the conditional
     or the unconditional prediction. Any other s makes one forward pass over both halves, batched."""
@@ -29,16 +29,16 @@ def guided(model: nn.Module, labels: torch.Tensor, scale: float = 1.0):
     if not scale >= 0:
         raise ValueError(f"guidance_scale must be 0 or more, got {scale}")
 
+    # The labels each step sees, made once here rather than at every sampler step
+    null = null_labels(model, len(labels), labels.device)
+    step_labels = {1: labels, 0: null}.get(scale, torch.cat([labels, null]))
+
     def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        cond = labels.to(x.device)
-        if cond.shape != t.shape:
-            raise ValueError(f"guidance: {cond.shape[0]} labels for a batch of {t.shape[0]} images")
-        if scale == 1:
-            return model(x, t, cond)
-        null = null_labels(model, x.shape[0], x.device)
-        if scale == 0:
-            return model(x, t, null)
-        conditional, unconditional = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null])).chunk(2)
+        if labels.shape != t.shape:
+            raise ValueError(f"guidance: {labels.shape[0]} labels for a batch of {t.shape[0]} images")
+        if scale in (0, 1):
+            return model(x, t, step_labels)
+        conditional, unconditional = model(torch.cat([x, x]), torch.cat([t, t]), step_labels).chunk(2)
         return unconditional + scale * (conditional - unconditional)
 
     return forward
