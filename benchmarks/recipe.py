@@ -54,10 +54,16 @@ CANDIDATES = {  # name -> (description, overrides of the cpu profile)
                      dict(TODAY, **EMA2, prediction="v", min_snr_gamma=5.0, seed=1)),
     "keras-v-cosine": ("lr 1e-3, no clipping, weight decay 1e-4, v-prediction on the cosine schedule",
                        dict(TODAY, **EMA2, lr=1e-3, grad_clip=0.0, weight_decay=1e-4, prediction="v", schedule="cosine")),
+    "keras-v-cosine-s1": ("lr 1e-3, no clipping, weight decay 1e-4, v-prediction on the cosine schedule, seed 1",
+                          dict(TODAY, **EMA2, lr=1e-3, grad_clip=0.0, weight_decay=1e-4, prediction="v",
+                               schedule="cosine", seed=1)),
     "edm": ("EDM's log-normal noise levels and loss weight (eps, linear schedule)",
             dict(TODAY, **EMA2, noise_sampling="lognormal")),
     # class-conditional (102 species, null label 10% of the time): scored with --guidance-scale
     "cond": ("class-conditional, today's recipe", dict(TODAY, **EMA2, num_classes=102, label_dropout=0.1)),
+    "cond-kvc": ("class-conditional, lr 1e-3, no clipping, weight decay 1e-4, v-prediction on the cosine schedule",
+                 dict(TODAY, **EMA2, lr=1e-3, grad_clip=0.0, weight_decay=1e-4, prediction="v", schedule="cosine",
+                      num_classes=102, label_dropout=0.1)),
 }
 
 

@@ -7,7 +7,7 @@
 For each network (BaselineUNet, our improved UNet, diffusers' UNet2DModel sized to within 10% of our UNet's
 parameters) it times:
   train   TrainLoop.train_step of ddpm/train.py itself, on a real TrainLoop built from the profile (synthetic uint8
-          images, a temporary run folder): batch draw, bf16 autocast and channels_last (CUDA), training_loss, backward,
+          images, a temporary run folder): batch draw, bf16 autocast (CUDA) and channels_last, training_loss, backward,
           grad clipping, fused AdamW, LR scheduler, EMA; torch.compile of the training model on CUDA (default on).
   sample  ddpm.sample.generate with DDIM (eager model, bf16 autocast on CUDA), reported as images/s of a full DDIM-50
           run; when fewer steps are timed (the CPU default) the figure is extrapolated and marked with "*".
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
           f"dropout {config.dropout}")
     print(f"train: batch {config.batch_size}, {args.warmup} warm-up + {args.steps} timed steps, amp "
           f"{'bf16' if args.amp and cuda else 'off'}, compile {'on' if args.compile else 'off'}, channels_last "
-          f"{'on' if cuda and config.channels_last else 'off'}; sample: batch {args.sample_batch}, "
+          f"{'on' if config.channels_last else 'off'}; sample: batch {args.sample_batch}, "
           f"{args.sample_steps} timed DDIM steps")
 
     match = None

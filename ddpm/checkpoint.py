@@ -99,7 +99,7 @@ def load_weights(model: torch.nn.Module, weights: Mapping, path: Path, what: str
     model.load_state_dict(weights)
 
 
-def load_checkpoint(path: Path, map_location="cpu", *, mmap: bool = False) -> dict:
+def load_checkpoint(path: Path, map_location="cpu", *, mmap: bool = False, required=CHECKPOINT_KEYS) -> dict:
     """The checkpoint dict at `path` (mmap=True: tensors stay in the file until read, to look at the step or config).
 
     FileNotFoundError: nothing there. CheckpointError (a ValueError): a file that is not a ddpm checkpoint
@@ -116,11 +116,11 @@ def load_checkpoint(path: Path, map_location="cpu", *, mmap: bool = False) -> di
         raise _not_a_checkpoint(path, _load_failure(path, error)) from error
     if not isinstance(state, dict):
         raise _not_a_checkpoint(path, f"it holds a {type(state).__name__}, not a dict")
-    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    missing = [key for key in required if key not in state]
     if missing:
         raise _not_a_checkpoint(path, f"it has no {', '.join(repr(k) for k in missing)} entries")
     kinds = {"config": dict, "model": Mapping, "ema": Mapping}
-    wrong = [key for key, kind in kinds.items() if not isinstance(state[key], kind)]
+    wrong = [key for key, kind in kinds.items() if key in required and not isinstance(state[key], kind)]
     if wrong:
         held = ", ".join(f"{k!r} is a {type(state[k]).__name__}" for k in wrong)
         raise _not_a_checkpoint(path, f"unexpected entries: {held}")

@@ -1,4 +1,4 @@
-"""``python -m ddpm train|sample|fid|config|plan|reproduce``: the package outside the notebook.
+"""``python -m ddpm train|sample|fid|export|config|plan|reproduce``: the package outside the notebook.
 
 Every config field is a flag of ``train`` (``--batch-size 16``, ``--channel-mult 1,2,2``, ``--no-amp``), on top of a
 profile (``--profile cpu``; default: env DDPM_PROFILE, else from the hardware). Env vars ``DDPM_<FIELD>`` work too.
@@ -61,15 +61,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ddpm.guidance import guided
     from ddpm.sample import generate
     from ddpm.train import load_run
-    from ddpm.viz import GIF_FRAMES, save_denoising_gif, save_grid
+    from ddpm.viz import GIF_FRAMES, save_denoising_gif, save_grid, save_images
 
     device = resolve_device(args.device)
     run = load_run(args.checkpoint, device)
-    model = run.model if args.raw else run.ema_model
+    model = run.weights(raw=args.raw)
     weights = "raw" if args.raw else "EMA"
     steps = None if args.sampler == "ddpm" else args.steps
     labels, scale, what = sample_labels(run, args)
-    out = Path(args.out) if args.out else run.run_dir / (
+    out = Path(args.out) if args.out else run.out_dir / (
         f"samples-{weights.lower()}-{args.sampler}{steps or ''}{f'-g{scale:g}' if scale is not None else ''}"
         f"{'-' + args.label.strip().lower().replace(' ', '-') if args.label else ''}.png")
     print(f"sampling {args.num} images{what} from the {weights} weights of {run.run_dir} (step {run.step}), "
@@ -87,6 +87,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         images = generate(model, run.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
                           steps=steps, eta=args.eta, seed=args.seed, device=device, labels=labels, guidance_scale=scale)
+    if args.out_dir:  # one PNG per sample, for other FID tools; the grid only when --out asks for it too
+        paths = save_images(images, args.out_dir)
+        print(f"wrote {len(paths)} images of {run.config.resolution}x{run.config.resolution} px to {args.out_dir}")
+        if not args.out:
+            return 0
     title = f"{run.run_dir.name}, step {run.step}, {weights} weights, {args.sampler}{steps or ''}, eta={args.eta}{what}"
     save_grid(images, out, title=title)
     print(f"wrote {out}")
@@ -106,7 +111,7 @@ def sample_labels(run, args: argparse.Namespace):
             raise ValueError(f"{flag}: run {run.run_dir} is unconditional (num_classes=0) and knows no labels; train "
                              f"a class-conditional run (--num-classes 102) to sample by label")
         return None, None, ""
-    scale = 1.0 if args.guidance_scale is None else args.guidance_scale
+    scale = run.guidance_scale if args.guidance_scale is None else args.guidance_scale
     if args.label is not None:
         index = run.classes.index(args.label, where=str(run.run_dir))
         labels = torch.full((args.num,), index, dtype=torch.long)
@@ -115,6 +120,31 @@ def sample_labels(run, args: argparse.Namespace):
         labels = run.classes.draw(args.num, seed=args.seed)
         what = f" of labels drawn with the data's frequencies (see {classes_path(run.run_dir)})"
     return labels, scale, f"{what}, guidance {scale:g}"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Ship a run's EMA weights as a folder (ddpm/weights.py), then sample the same noise from the run's own EMA
+    weights and from the folder, and print how far apart the two sets of samples are (the cost of fp16)."""
+    import torch
+
+    from ddpm.sample import generate
+    from ddpm.train import load_run
+    from ddpm.weights import WEIGHTS_NAME, export_weights, verify
+
+    dtype = {"fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    out = export_weights(args.checkpoint, args.out, dtype=dtype)
+    names = verify(out)
+    size = (out / WEIGHTS_NAME).stat().st_size
+    print(f"wrote {out}: {', '.join(names)} and SHA256; {WEIGHTS_NAME} {size / 2**20:.1f} MiB ({args.dtype})")
+    if args.check_samples:
+        run, shipped = load_run(args.checkpoint), load_run(out)
+        labels = run.classes.draw(args.check_samples) if run.classes else None
+        made = [generate(r.ema_model, r.diffusion, args.check_samples, sampler="dpmpp2m", steps=20, labels=labels,
+                         progress=False) for r in (run, shipped)]
+        diff = (made[0].int() - made[1].int()).abs()
+        print(f"{args.check_samples} samples (DPM-Solver++ 20 steps, same noise) from the run's EMA weights and from "
+              f"{out}: pixels differ by {diff.float().mean():.3f} levels of 255 on average, {int(diff.max())} at most")
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -193,14 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-conditional runs: sample this label, a name or a dataset label (any case), e.g. "
                         "sunflower or 54; default: labels drawn with the data's frequencies")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="class-conditional runs: classifier-free guidance scale (0 unconditional, 1 plain conditional "
-                        "(default), 2-4 closer to the class)")
+                   help="class-conditional runs: classifier-free guidance scale (0 unconditional, 1 plain conditional, "
+                        "2-4 closer to the class; default: the run's guidance_scale, else 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="grid PNG path (default: in the run folder)")
+    p.add_argument("--out-dir", default=None,
+                   help="write every sample as its own PNG here (00000.png, ...), at the model's resolution, untitled: "
+                        "for other FID tools; no grid unless --out is given too")
     p.add_argument("--gif", default=None, help="also write an animated GIF of the grid denoising here")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="ship a run's EMA weights as a small checked folder (ema.pt, config, SHA256)",
+                       description="Write the EMA weights of a run (no optimiser, fp16 by default) with its config, "
+                                   "labels, stats.jsonl and log.txt and a SHA256 file into --out. sample and fid read "
+                                   "the folder like a run folder, check its sha256 and never write into it.")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt file")
+    p.add_argument("--out", required=True, help="the folder to write, e.g. weights/cpu-long")
+    p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="how the weights are stored (default fp16)")
+    p.add_argument("--check-samples", type=int, default=16,
+                   help="compare this many samples of the run and of the folder (0: skip)")
+    p.set_defaults(func=cmd_export)
 
     from ddpm.metrics import add_fid_parser, run_fid_command
 

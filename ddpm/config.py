@@ -22,9 +22,11 @@ MODELS = ("unet", "baseline")
 # Fields that change how a run is watched or where it runs, not what it computes: a run may be resumed with other
 # values of these.
 RUNTIME_FIELDS = frozenset(
-    {"device", "compile", "log_every", "checkpoint_every", "sample_every", "runs_dir", "run_name", "progress", "figures_dir",
-     # the length may grow (train a finished run for longer) and the evaluation budget is not training
-     "train_steps", "train_kimg", "sample_steps", "max_skipped_steps",
+    {"device", "compile", "log_every", "checkpoint_every", "sample_every", "snapshot_every_kimg", "runs_dir",
+     "run_name", "progress", "figures_dir",
+     # the length may grow (train a finished run for longer); the evaluation budget and the guidance scale of the
+     # samples are not training
+     "train_steps", "train_kimg", "sample_steps", "max_skipped_steps", "guidance_scale",
      # a time cap may be raised to train a capped run on; the plan's side-run length and evaluation budget are not
      # properties of one run
      "train_minutes", "side_kimg", "fid_samples", "fid_compare_samples", "fid_ddpm_samples", "fid_real",
@@ -54,6 +56,10 @@ class Config:
     # be sampled with classifier-free guidance (Ho & Salimans 2022). 0 classes: an unconditional network.
     num_classes: int = 0
     label_dropout: float = 0.1
+    # The classifier-free guidance scale a conditional run is sampled with unless told otherwise: its periodic grids,
+    # the plan's evaluations and grids, `sample` and `fid` without --guidance-scale (None: 1, plain conditional).
+    # Ignored by unconditional runs.
+    guidance_scale: float | None = None
     # diffusion
     timesteps: int = 1000
     schedule: str = "linear"
@@ -82,15 +88,20 @@ class Config:
     # "ema2", so that two half-lives can be compared from one run instead of two (None: none).
     ema2_half_life_kimg: float | None = None
     seed: int = 0
-    # speed (CUDA only; ignored on CPU)
-    amp: bool = True  # bf16 autocast
+    # speed
+    amp: bool = True  # bf16 autocast (CUDA only)
+    # NHWC memory format for the network and its batches: faster on CUDA, and on a 2-core CPU too (training 9%,
+    # sampling 23% with the cpu profile: benchmarks/memory_format.py)
     channels_last: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile of the training network (on in the gpu profiles)
     # bookkeeping
     device: str = "auto"
     log_every: int = 100
     checkpoint_every: int = 2000
     sample_every: int = 5000
+    # An EMA snapshot every this many thousand images (None: none), as a shipped-weights folder in the run folder's
+    # snapshots/ (ddpm/weights.py): `fid --checkpoint` scores each one later, for a curve of quality against images.
+    snapshot_every_kimg: float | None = None
     sample_steps: int = 50  # DDIM steps for the periodic sample grids
     runs_dir: str = "runs"
     run_name: str | None = None
@@ -115,7 +126,7 @@ class Config:
                      "max_skipped_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("train_minutes", "side_kimg", "ema2_half_life_kimg"):
+        for name in ("train_minutes", "side_kimg", "ema2_half_life_kimg", "snapshot_every_kimg"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive (or None), got {getattr(self, name)}")
         if self.num_classes < 0:
@@ -222,9 +233,13 @@ PROFILES: dict[str, dict] = {
     # A laptop (2 CPU cores): flower colours and rough shapes at 32 px. Measured on this project's 2-core dev machine:
     # the improved UNet (1.7M parameters) trained 1000 steps in 518 s (61.8 img/s, four periodic grids included);
     # attention only in the middle (8x8), since attention at 16x16 costs 45% more time per step on a CPU.
+    # The recipe is the one benchmarks/recipe.py measured best at 100k images (benchmarks/README.md, "Recipe"): the
+    # Keras DDIM example's optimiser (lr 1e-3, no clipping, weight decay 1e-4) with v-prediction on the cosine
+    # schedule, class-conditional (102 species) and sampled with classifier-free guidance 4.
     "cpu": dict(
         resolution=32, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(),
-        dropout=0.0, batch_size=32, lr=5e-4, warmup_steps=100, train_steps=1000, train_kimg=None,
+        dropout=0.0, batch_size=32, lr=1e-3, grad_clip=0.0, weight_decay=1e-4, prediction="v", schedule="cosine",
+        num_classes=102, label_dropout=0.1, guidance_scale=4.0, warmup_steps=100, train_steps=1000, train_kimg=None,
         ema_half_life_kimg=2.0, log_every=25, checkpoint_every=250, sample_every=250, sample_steps=50,
         # 256 generated vs 1024 real images: the fewest that rank anything (the floor, real vs real, is in the notebook).
         # No DDPM row: 256 images x 1000 steps would take 20 min here; DDIM with eta = 1 shows what fresh noise does.
@@ -233,20 +248,32 @@ PROFILES: dict[str, dict] = {
     # The reference plan on one H100 (ddpm/plan.py), fitted to 15 minutes at 35% MFU: `python -m ddpm plan --profile gpu`.
     # The improved UNet at base 64 with multipliers 1-2-4-4 (26.3M parameters, 17.8 GFLOP forward at 64 px: 2.6x
     # cheaper per image than Ho et al.'s CIFAR-10 widths), trained on 2.35M images (7.5 min at 35% MFU), capped at 8 min.
+    # Of the cpu recipe it takes v-prediction only, the one choice that depends neither on the resolution (the
+    # schedule does) nor on the batch (the learning rate and clipping do): benchmarks/README.md, "Recipe".
     "gpu": dict(
         resolution=64, base_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(16,),
-        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=500, train_kimg=2350.0, train_minutes=8.0,
+        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=500, prediction="v", train_kimg=2350.0, train_minutes=8.0,
         ema_half_life_kimg=50.0, log_every=100, checkpoint_every=2000, sample_every=2500, compile=True,
         side_kimg=60.0, fid_samples=8189, fid_compare_samples=1024, fid_batch_size=512, solver_steps=20,
     ),
     # For users with hours: the same network and plan, trained 10x longer and without a time cap.
     "gpu-long": dict(
         resolution=64, base_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(16,),
-        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=1000, train_kimg=25000.0,
+        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=1000, train_kimg=25000.0, prediction="v",
         ema_half_life_kimg=250.0, log_every=200, checkpoint_every=5000, sample_every=10000, compile=True,
         side_kimg=600.0, fid_samples=8189, fid_compare_samples=1024, fid_batch_size=512, solver_steps=20,
     ),
 }
+
+# The long CPU reference run (issue 23): the cpu profile's network and recipe, trained for hours on the 2-core machine
+# (1.6M images is where the Keras DDIM example's flowers are good). Its EMA weights are shipped in weights/cpu-long/
+# (python -m ddpm export), so readers sample them without training: `python -m ddpm train --profile cpu-long` remakes
+# them. An EMA snapshot every 100k images (snapshots/) gives the curve of quality against images seen; the two EMAs
+# (10k and 50k images) are compared along it, since the 2k of the short runs is tuned for 100k images.
+PROFILES["cpu-long"] = dict(
+    PROFILES["cpu"], train_steps=None, train_kimg=1600.0, ema_half_life_kimg=10.0, ema2_half_life_kimg=50.0,
+    snapshot_every_kimg=100.0, log_every=100, checkpoint_every=500, sample_every=3125,
+)
 
 
 def default_profile() -> str:
@@ -309,7 +336,10 @@ def get_config(profile: str | None = None, *, use_env: bool = True, **overrides)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)} (env DDPM_PROFILE)")
     values = dict(PROFILES[profile], profile=profile)
-    if use_env:
-        values.update(env_overrides())
+    env = env_overrides() if use_env else {}
+    values.update(env)
+    chosen = set(env) | set(overrides)  # the fields the caller set, not the profile
     values.update({k: parse_field(k, v) for k, v in overrides.items()})
+    if values.get("model") == "baseline" and "num_classes" not in chosen:
+        values["num_classes"] = 0  # the baseline is unconditional, whatever the profile's improved UNet is
     return Config(**values)

@@ -379,10 +379,11 @@ def evaluate_run(
     num_samples and batch_size default to the run's config (fid_samples, fid_batch_size: the profile's budget).
     On a CPU, pass num_real: the features of all 8189 flowers take ~30 min there (once; then they are cached).
     A class-conditional run draws its labels with the training data's label frequencies (seeded by `seed`), so that
-    its scores compare with an unconditional run's, and samples them with guidance_scale (default 1).
+    its scores compare with an unconditional run's, and samples them with guidance_scale (default: the run's
+    config's guidance_scale, else 1).
 
     Writes the result to run_dir/metrics/<weights>-<sampler>-<steps>-n<N>.json, appends it to run_dir/metrics.jsonl
-    and returns it."""
+    and returns it (a shipped weights folder: to outputs/<its name>/ instead)."""
     from ddpm.data import load_images
     from ddpm.sample import generate
     from ddpm.train import load_run
@@ -401,7 +402,7 @@ def evaluate_run(
     if run.classes is None and guidance_scale is not None:
         raise ValueError(f"guidance_scale: run {run.run_dir} is unconditional (num_classes=0)")
     if run.classes is not None and guidance_scale is None:
-        guidance_scale = 1.0
+        guidance_scale = run.guidance_scale  # the config's, else 1
     labels = run.classes.draw(num_samples, seed=seed) if run.classes is not None else None
 
     data = load_images(config.dataset, config.resolution, data_dir=data_dir, split=config.split)
@@ -409,7 +410,7 @@ def evaluate_run(
                             batch_size=batch_size, device=device, progress=progress)
 
     sample_start = time.perf_counter()
-    model = run.ema_model if use_ema else run.model
+    model = run.weights(raw=not use_ema)
     images = generate(model, run.diffusion, num_samples, batch_size=batch_size, sampler=sampler, steps=steps, eta=eta,
                       seed=seed, device=device, progress=progress, compile=config.compile and device.type == "cuda",
                       labels=labels, guidance_scale=guidance_scale)
@@ -445,7 +446,7 @@ def evaluate_run(
         "feature_network": feature_network_name(feature),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    path = save_result(run.run_dir, result)
+    path = save_result(run.out_dir, result)  # a shipped weights folder is never written into: outputs/<name>/
     atomic_save({"images": images[:SAVED_SAMPLES].clone(), "features": fake[:SAVED_SAMPLES].clone()},
                 samples_path(path))
     return result
@@ -648,8 +649,8 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     parser.add_argument("--guidance-scale", type=float, default=None,
-                        help="class-conditional runs: classifier-free guidance scale (default 1); the labels are drawn "
-                             "with the data's label frequencies")
+                        help="class-conditional runs: classifier-free guidance scale (default: the run's "
+                             "guidance_scale, else 1); the labels are drawn with the data's label frequencies")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's fid_batch_size (64 with "
                         "--real-vs-real)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -686,6 +687,9 @@ def run_fid_command(args: argparse.Namespace) -> int:
                               num_real=args.num_real, cache_dir=args.cache_dir, guidance_scale=args.guidance_scale)
         run_dir = Path(args.checkpoint)
         run_dir = run_dir.parent if run_dir.is_file() else run_dir
+        from ddpm.weights import is_weights_folder, outputs_dir
+
+        run_dir = outputs_dir(run_dir) if is_weights_folder(run_dir) else run_dir
         print(f"wrote {run_dir / 'metrics' / (result_name(result) + '.json')}", file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0

@@ -24,9 +24,10 @@ CAP_FRACTION = {"baseline": 0.4, "side": 0.1, "schedule": 0.025}
 SIDE_BATCH = 64
 SIDE_EMA_FRACTION = 0.05  # side runs: EMA half-life as a fraction of their length (in force from half way, rampup 0.1)
 # The baseline UNet is the narrative's plain starting point, whatever recipe the profile's improved UNet uses: Ho et
-# al.'s eps-prediction on uniform t with the plain MSE, unconditional. The schedule runs train it the same way.
+# al.'s eps-prediction on uniform t with the plain MSE, unconditional, gradients clipped at 1 and no weight decay (the
+# learning rate stays the profile's: it goes with the batch). The schedule runs train it the same way.
 PLAIN_DDPM = dict(model="baseline", prediction="eps", noise_sampling="uniform", min_snr_gamma=None, num_classes=0,
-                  ema2_half_life_kimg=None)
+                  ema2_half_life_kimg=None, grad_clip=1.0, weight_decay=0.0)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def build_plan(cfg: Config) -> Plan:
     (ddpm/config.py) and DDPM_<FIELD> overrides size the plan; its shape is the same for all of them."""
     baseline_cap = cfg.train_minutes and cfg.train_minutes * CAP_FRACTION["baseline"]
     runs = [
-        # Same widths, length and optimiser as the improved run; Ho et al.'s linear schedule and plain loss
+        # Same widths, length and learning rate as the improved run; Ho et al.'s linear schedule and plain loss
         RunSpec("baseline", cfg.replace(**PLAIN_DDPM, schedule="linear", train_minutes=baseline_cap)),
         RunSpec("improved", cfg),
         RunSpec("pets", side_run(cfg, dataset="pets")),  # the partial Oxford-IIIT Pets (975 images)
@@ -147,19 +148,26 @@ def build_plan(cfg: Config) -> Plan:
     ]
     solver, head, compare, real = ("dpmpp2m", cfg.solver_steps), cfg.fid_samples, cfg.fid_compare_samples, cfg.fid_real
     ddim = ("ddim", cfg.solver_steps)  # as many network calls as the solver: the samplers compare at equal cost
+    # A conditional improved run is scored at its guidance scale, with labels drawn with the data's frequencies (so
+    # that its rows compare with the unconditional runs'); the other runs are unconditional.
+    guide = (1.0 if cfg.guidance_scale is None else cfg.guidance_scale) if cfg.num_classes else None
+
+    def improved(weights: str, sampler: str, steps: int, num: int, **kw) -> EvalSpec:
+        return EvalSpec("improved", weights, sampler, steps, num, real, guidance_scale=guide, **kw)
+
     # DDPM costs T network calls an image: fid_ddpm_samples = 0 leaves its row out (the cpu profile)
-    ddpm_row = EvalSpec("improved", "ema", "ddpm", cfg.timesteps, cfg.fid_ddpm_samples, real)
+    ddpm_row = improved("ema", "ddpm", cfg.timesteps, cfg.fid_ddpm_samples)
     evaluations = [
         # The headline rows, on the full protocol: baseline vs improved, both with the few-step solver
         EvalSpec("baseline", "ema", *solver, head, real, headline=True),
-        EvalSpec("improved", "ema", *solver, head, real, headline=True),
+        improved("ema", *solver, head, headline=True),
         # Comparisons on fewer images, all with the same number so that they compare: the samplers (DDIM with and
         # without fresh noise at the same steps), EMA vs raw weights, the schedules
-        EvalSpec("improved", "ema", *solver, compare, real),
-        EvalSpec("improved", "ema", *ddim, compare, real),
-        EvalSpec("improved", "ema", *ddim, compare, real, eta=1.0),
+        improved("ema", *solver, compare),
+        improved("ema", *ddim, compare),
+        improved("ema", *ddim, compare, eta=1.0),
         *([ddpm_row] if cfg.fid_ddpm_samples else []),
-        EvalSpec("improved", "raw", *solver, compare, real),
+        improved("raw", *solver, compare),
         EvalSpec("linear", "ema", *solver, compare, real),
         EvalSpec("cosine", "ema", *solver, compare, real),
         # The side runs (975 pets, 98 craters: fid_real >= that many means all of them)

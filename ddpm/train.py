@@ -10,6 +10,7 @@ A run folder (``runs/<profile>-<model>-<dataset>-<res>px/``) holds:
   labels.json     conditional runs: the class index, dataset label, name and image count of every label (also in
                   the checkpoint, so sampling needs no data)
   samples/        periodic 4x8 grids sampled from the EMA weights
+  snapshots/      snapshot_every_kimg: the EMA weights every so many images, each a shipped-weights folder
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class TrainLoop:
 
         torch.manual_seed(config.seed + self.dist.rank)  # initial weights (identical: rank 0's are broadcast) + dropout
         self.model = build_model(config).to(self.device)
-        if self.cuda and config.channels_last:
+        if config.channels_last:  # NHWC: faster on CUDA, and on the CPU too (benchmarks/memory_format.py)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.diffusion = build_diffusion(config).to(self.device)
         self.ema = EMA(self.model, config.ema_half_life_kimg, config.ema_rampup)
@@ -186,7 +187,7 @@ class TrainLoop:
             part = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
             x0, t, noise = x0[part], t[part], noise[part]
             labels = None if labels is None else labels[part]
-        if self.cuda and self.config.channels_last:
+        if self.config.channels_last:
             x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
         return x0, t, noise, labels
 
@@ -278,8 +279,11 @@ class TrainLoop:
                         self.check_divergence(loss)
                         if self.out_of_time():  # train_minutes: this step is the run's last
                             last, end = True, self.step
-                    if self.step % cfg.checkpoint_every == 0 or last:
+                    snapshot = self.snapshot_due()
+                    if self.step % cfg.checkpoint_every == 0 or last or snapshot:
                         self.save_checkpoint()
+                    if snapshot:
+                        self.save_snapshot()
                     if self.step % cfg.sample_every == 0 or last:
                         self.save_sample_grid()
                     if self.interrupted(logging):
@@ -395,6 +399,33 @@ class TrainLoop:
             atomic_save(self.state_dict(per_rank_rng), self.checkpoint_path)
         barrier(self.dist)
 
+    def snapshot_due(self) -> bool:
+        """Whether this step's batch crossed a multiple of snapshot_every_kimg thousand images."""
+        every = self.config.snapshot_every_kimg
+        if not every:
+            return False
+        b = self.config.batch_size
+        return self.step * b // round(every * 1000) > (self.step - 1) * b // round(every * 1000)
+
+    @property
+    def snapshot_dir(self) -> Path:
+        """snapshots/<run>-<kimg>kimg/ of this step (the run's name in it keeps outputs/<name>/ apart across runs)."""
+        images = self.step * self.config.batch_size
+        kimg = f"{images // 1000:06d}" + (f".{images % 1000:03d}" if images % 1000 else "")  # 000100, 000000.012
+        return self.run_dir / "snapshots" / f"{self.run_dir.name}-{kimg}kimg"
+
+    def save_snapshot(self) -> None:
+        """The EMA weights of the checkpoint just written, as a shipped-weights folder (fp16, checked on loading)."""
+        from ddpm.weights import export_weights
+
+        if self.dist.is_main:
+            export_weights(self.checkpoint_path, self.snapshot_dir)
+            if self.ema2 is not None:  # the second EMA beside it, to compare the half-lives along the run
+                export_weights(self.checkpoint_path, self.snapshot_dir.with_name(self.snapshot_dir.name + "-ema2"),
+                               which="ema2")
+            self.log(f"EMA snapshot at step {self.step}: {display_path(self.snapshot_dir)}")
+        barrier(self.dist)
+
     def resume(self) -> None:
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)
         saved = Config.from_dict(state["config"])
@@ -447,8 +478,9 @@ class TrainLoop:
         from ddpm.viz import save_grid
 
         model = self.ema.module.eval()
-        if self.classes:  # conditional: labels drawn with the data's frequencies, plain conditional sampling
-            model = guided(model, self.classes.draw(32, seed=1234).to(self.device), 1.0)
+        if self.classes:  # conditional: labels drawn with the data's frequencies, the config's guidance scale
+            scale = 1.0 if self.config.guidance_scale is None else self.config.guidance_scale
+            model = guided(model, self.classes.draw(32, seed=1234).to(self.device), scale)
         generator = torch.Generator(device=self.device).manual_seed(1234)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
             images = self.diffusion.sample(
@@ -477,13 +509,56 @@ def read_stats(run_dir: Path) -> list[dict]:
 @dataclass
 class Run:
     config: Config
-    model: nn.Module  # raw weights, eval mode
+    model: nn.Module | None  # raw weights, eval mode (None: a shipped weights folder)
     ema_model: nn.Module  # EMA weights, eval mode: sample from these
     diffusion: GaussianDiffusion
     step: int
     seconds: float
     run_dir: Path
     classes: Classes | None = None  # conditional runs: their labels (class index -> dataset label, name, frequency)
+    shipped: bool = False  # a shipped weights folder (ddpm/weights.py): EMA weights only (model is None), read-only
+
+    @property
+    def out_dir(self) -> Path:
+        """Where grids and FID results made from this run go: its run folder, or outputs/<name>/ for shipped weights
+        (never written into)."""
+        from ddpm.weights import outputs_dir
+
+        return outputs_dir(self.run_dir) if self.shipped else self.run_dir
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The scale this run is sampled with by default: its config's (1 if unset) when conditional, else None."""
+        if self.classes is None:
+            return None
+        return 1.0 if self.config.guidance_scale is None else self.config.guidance_scale
+
+    def guidance(self, num: int, seed: int = 0, one_label: bool = False) -> dict:
+        """generate()'s labels= and guidance_scale= for `num` samples of a conditional run (labels drawn with the
+        data's frequencies, or one such label for all with one_label; the run's guidance scale); {} for an
+        unconditional run."""
+        if self.classes is None:
+            return {}
+        labels = self.classes.draw(1 if one_label else num, seed=seed).expand(num)
+        return {"labels": labels, "guidance_scale": self.guidance_scale}
+
+    def sampling_model(self, num: int, seed: int = 0, one_label: bool = False,
+                       device: str | torch.device | None = None) -> nn.Module:
+        """The (x_t, t) network the samplers call for `num` samples: the EMA network, guided as guidance() says."""
+        kwargs = self.guidance(num, seed, one_label)
+        if not kwargs:
+            return self.ema_model
+        device = device or next(self.ema_model.parameters()).device
+        return guided(self.ema_model, kwargs["labels"].to(device), kwargs["guidance_scale"])
+
+    def weights(self, raw: bool = False) -> nn.Module:
+        """The EMA network, or the raw one (raw=True), which a shipped folder does not have."""
+        if not raw:
+            return self.ema_model
+        if self.model is None:
+            raise ValueError(f"--raw: {self.run_dir} holds shipped EMA weights only, no raw weights; sample its EMA "
+                             f"weights (leave out --raw), or train the run again to get them")
+        return self.model
 
     @property
     def finished(self) -> bool:
@@ -499,8 +574,20 @@ class Run:
 
 
 def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
-    """Rebuild the networks (raw and EMA) and the diffusion process of a run folder from its checkpoint."""
+    """Rebuild the networks (raw and EMA) and the diffusion process of a run folder from its checkpoint; or, from a
+    shipped weights folder (ddpm/weights.py), its EMA network alone, after checking its SHA256."""
+    from ddpm.weights import WEIGHTS_NAME, is_weights_folder, load_weights_file
+
     run_dir = Path(run_dir)
+    if is_weights_folder(run_dir):
+        state = load_weights_file(run_dir)
+        config = Config.from_dict(state["config"])
+        ema_model = build_model(config)
+        load_weights(ema_model, state["ema"], run_dir / WEIGHTS_NAME, "EMA")
+        return Run(config=config, model=None, ema_model=ema_model.to(device).eval().requires_grad_(False),
+                   diffusion=build_diffusion(config).to(device), step=state["step"], seconds=state.get("seconds", 0.0),
+                   run_dir=run_dir, classes=Classes.from_list(state["classes"]) if state.get("classes") else None,
+                   shipped=True)
     path = run_dir if run_dir.is_file() else run_dir / CHECKPOINT_NAME
     state = load_checkpoint(path, map_location=device)
     config = Config.from_dict(state["config"])

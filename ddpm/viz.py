@@ -116,6 +116,19 @@ def save_grid(images: torch.Tensor, path: Path | str, *, title: str | None = Non
     return _save_panels([(title, _upscale(grid, scale or _scale_for(native_width)))], path)
 
 
+def save_images(images: torch.Tensor, folder: Path | str) -> list[Path]:
+    """Each image as its own PNG, 00000.png, 00001.png, ... at its own resolution: no upscaling, padding or title, so
+    other FID tools (pytorch-fid, clean-fid) can read the folder as it is. Existing files of those names are
+    replaced."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = (_as_float01(images) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    paths = [folder / f"{i:05d}.png" for i in range(len(pixels))]
+    for image, path in zip(pixels, paths):
+        Image.fromarray(image).save(path)
+    return paths
+
+
 def save_grid_row(grids: dict[str, torch.Tensor], path: Path | str, *, title: str | None = None, columns: int = 2,
                   nrow: int = 8, rows: int = 2, padding: int = 2, scale: int | None = None) -> Path:
     """Several grids in one PNG, `columns` to a row, each under its own title (the dict's key), all under `title`:

@@ -45,3 +45,13 @@ def test_config_round_trips_through_json(tmp_path):
     config = get_config("cpu", channel_mult="1,2")
     config.save(tmp_path / "c.json")
     assert Config.load(tmp_path / "c.json") == config
+
+
+def test_the_baseline_is_unconditional_unless_asked_otherwise(monkeypatch):
+    assert get_config("cpu", use_env=False).num_classes == 102  # the profile's improved UNet is conditional
+    assert get_config("cpu", use_env=False, model="baseline").num_classes == 0
+    monkeypatch.setenv("DDPM_MODEL", "baseline")
+    assert get_config("cpu").num_classes == 0
+    monkeypatch.setenv("DDPM_NUM_CLASSES", "5")  # asked for: refused in one line
+    with pytest.raises(ValueError, match="the baseline UNet is unconditional"):
+        get_config("cpu")

@@ -233,3 +233,25 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_one_line(tiny_config, caps
     assert main(["sample", "--checkpoint", str(tiny_config.run_dir), "--num", "2", "--steps", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(path) in err and "'time_mlp.0.weight' has shape (32, 8) in the file" in err
+
+
+def test_a_runs_guidance_scale_is_its_default_for_sampling_and_scoring(tiny_config, capsys):
+    config = tiny_config.replace(num_classes=3, guidance_scale=3.0)
+    train(config, data=two_class_data(), verbose=False)
+    run = load_run(config.run_dir)
+    assert run.guidance_scale == 3.0
+    kwargs = run.guidance(64, seed=5)
+    assert kwargs["guidance_scale"] == 3.0 and torch.equal(kwargs["labels"], run.classes.draw(64, seed=5))
+    one = run.guidance(64, seed=5, one_label=True)["labels"]
+    assert len(one) == 64 and len(set(one.tolist())) == 1
+    # the sampling model is the guided EMA network: the same samples as generate() with those labels and that scale
+    x = torch.randn(4, 3, 32, 32)
+    t = torch.full((4,), 500)
+    expected = guided(run.ema_model, run.guidance(4, seed=1)["labels"], 3.0)(x, t)
+    assert torch.equal(run.sampling_model(4, seed=1)(x, t), expected)
+    assert main(["sample", "--checkpoint", str(config.run_dir), "--num", "2", "--steps", "2", "--out",
+                 str(config.run_dir / "g.png")]) == 0
+    assert ", guidance 3 from the EMA weights" in capsys.readouterr().out  # no --guidance-scale: the run's
+    unconditional = load_run(train(tiny_config.replace(runs_dir=tiny_config.runs_dir + "-u"), verbose=False).run_dir)
+    assert unconditional.guidance(4) == {} and unconditional.sampling_model(4) is unconditional.ema_model
+    assert unconditional.guidance_scale is None

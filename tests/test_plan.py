@@ -126,12 +126,24 @@ def test_guided_evaluations_count_two_network_passes_a_step():
 
 def test_the_baseline_and_schedule_runs_stay_plain_whatever_the_profiles_recipe():
     cfg = get_config("cpu", use_env=False, prediction="v", schedule="cosine", noise_sampling="lognormal",
-                     num_classes=102, ema2_half_life_kimg=10.0)
+                     num_classes=102, ema2_half_life_kimg=10.0, grad_clip=0.0, weight_decay=1e-4, lr=1e-3)
     plan = build_plan(cfg)
     for key in ("baseline", "linear", "cosine"):
         run = plan.run_config(key)
         assert (run.model, run.prediction, run.noise_sampling, run.min_snr_gamma, run.num_classes) == (
             "baseline", "eps", "uniform", None, 0), key
+        assert (run.grad_clip, run.weight_decay, run.lr) == (1.0, 0.0, 1e-3), key  # Ho et al.'s clipping; our lr
     assert plan.run_config("baseline").schedule == "linear" and plan.run_config("cosine").schedule == "cosine"
     assert plan.run_config("improved") == cfg
     assert plan.run_config("pets").num_classes == plan.run_config("craters").num_classes == 0
+
+
+def test_a_conditional_improved_run_is_scored_at_its_guidance_scale_and_the_others_unguided():
+    for scale, expected in ((None, 1.0), (4.0, 4.0)):
+        plan = build_plan(get_config("cpu", use_env=False, num_classes=102, guidance_scale=scale))
+        for spec in plan.evaluations:
+            assert spec.guidance_scale == (expected if spec.run == "improved" else None), spec.label
+        assert all(spec.name.endswith(f"-g{expected:g}-n{spec.num_generated}")
+                   for spec in plan.evaluations_of("improved"))
+    plain = build_plan(get_config("cpu", use_env=False, num_classes=0, guidance_scale=4.0))
+    assert all(spec.guidance_scale is None for spec in plain.evaluations)

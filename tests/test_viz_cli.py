@@ -132,6 +132,19 @@ def test_cli_train_then_sample(tmp_path, capsys):
     assert Image.open(tmp_path / "g.gif").n_frames == 3 + 1  # x_T entering each of the 3 DDIM steps, then x_0
     assert "from the EMA weights" in capsys.readouterr().out
 
+    # --out-dir: one untitled PNG per sample at the model's resolution, the same pixels as the grid's tiles
+    grid = np.asarray(Image.open(out))
+    assert main(["sample", "--checkpoint", str(run_dir), "--num", "4", "--steps", "3", "--out-dir",
+                 str(tmp_path / "each"), "--device", "cpu"]) == 0
+    files = sorted((tmp_path / "each").iterdir())
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(4)]
+    first = np.asarray(Image.open(files[0]))
+    assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+    top = int(1.6 * viz.TITLE_SIZE)
+    assert np.array_equal(first, grid[top + 3 * 2: top + 3 * 34: 3, 3 * 2: 3 * 34: 3])  # the grid's first tile
+    assert "wrote 4 images of 32x32 px" in capsys.readouterr().out
+    assert not (run_dir / "samples-ema-ddim3.png").exists()  # no grid unless --out is given
+
 
 def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["train", "--profile", "smoke", "--batch-size", "lots"]) == 2
