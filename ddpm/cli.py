@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ddpm.train import train
 
     config = config_from_args(args)
-    result = train(config, until_step=args.until_step)
+    result = train(config, until_step=args.until_step, init_from=args.init_from)
     print(f"run folder: {result.run_dir} (step {result.step}/{config.total_steps})")
     return 0
 
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(p)
         if name == "train":
             p.add_argument("--until-step", type=int, default=None, help="stop at this step (resume later)")
+            p.add_argument("--init-from", default=None, metavar="FOLDER",
+                           help="a new run starts from the EMA weights of this shipped folder (python -m ddpm export), "
+                                "at its step: how a lost run folder goes on, not exactly (ignored when resuming)")
         p.set_defaults(func=func)
 
     profile_help = f"named profile (default: env DDPM_PROFILE, else from the hardware: now {default_profile()!r})"

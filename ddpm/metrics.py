@@ -46,6 +46,9 @@ KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
 SAVED_SAMPLES = 64  # images (and their features) kept beside each evaluation's result
 _CACHE_FORMAT = 1
+# Tracked fp16 copies of the feature caches a fresh clone needs for the `cpu` plan (ship_features): `make run` then
+# skips featurising the real images. Each is checked against the key of the data and network it was made from.
+SHIPPED_FEATURES_DIR = "data/fid-features"
 
 _inception_nets: dict[str, torch.jit.ScriptModule] = {}  # one loaded network per device
 _nv_bilinear = None
@@ -274,6 +277,13 @@ def _content_key(data) -> str:
     return "images-" + hashlib.sha256(data.images.contiguous().numpy().tobytes()).hexdigest()
 
 
+def _cache_key(data, feature: nn.Module, num_images: int | None) -> str:
+    """What a feature cache depends on: dataset name, resolution, archive sha256 (or image hash), image count, feature
+    network and subset."""
+    return "|".join([data.name, str(data.resolution), _content_key(data), f"{len(data)}img", feature_network_name(feature),
+                     "all" if num_images is None else f"n{num_images}-seed{REFERENCE_SUBSET_SEED}", str(_CACHE_FORMAT)])
+
+
 def reference_cache_path(
     data, *, feature: nn.Module | None = None, num_images: int | None = None, cache_dir: Path | str | None = None,
 ) -> Path:
@@ -281,10 +291,54 @@ def reference_cache_path(
     feature network and subset size."""
     feature = feature if feature is not None else InceptionFeatures()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = "|".join([data.name, str(data.resolution), _content_key(data), f"{len(data)}img", feature_network_name(feature),
-                    "all" if num_images is None else f"n{num_images}-seed{REFERENCE_SUBSET_SEED}", str(_CACHE_FORMAT)])
+    key = _cache_key(data, feature, num_images)
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", data.name).strip("_")[:40]
     return cache_dir / f"{readable}-{data.resolution}px-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def shipped_features_path(cache_path: Path) -> Path:
+    """The tracked fp16 copy of a feature cache file (same name, .fp16.pt)."""
+    from ddpm.config import resolve_path
+
+    return resolve_path(SHIPPED_FEATURES_DIR) / f"{Path(cache_path).stem}.fp16.pt"
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def ship_features(data, *, feature: nn.Module | None = None, num_images: int | None = None,
+                  cache_dir: Path | str | None = None, **kwargs) -> Path:
+    """Write the tracked fp16 copy of the features of `data` (computed or read from the cache first), with the key it
+    belongs to and the sha256 of its tensor. fp16 moves an FID by far less than its noise (tests/test_metrics.py)."""
+    feature = feature if feature is not None else InceptionFeatures()
+    features = dataset_features(data, feature=feature, num_images=num_images, cache_dir=cache_dir, **kwargs)
+    indices = _subset(len(data), num_images)
+    key = _cache_key(data, feature, None if indices is None else len(indices))
+    half = features.half()
+    path = shipped_features_path(reference_cache_path(data, feature=feature, num_images=None if indices is None
+                                                      else len(indices), cache_dir=cache_dir))
+    atomic_save({"features": half, "key": key, "sha256": _tensor_sha256(half)}, path)
+    return path
+
+
+def _load_shipped(path: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The shipped features at `path` as float32 if they are the ones of `key` and whole, else None (with a warning
+    when a file is there but does not check out)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        half = state["features"]
+        problem = ("made for other data or another feature network" if state.get("key") != key
+                   else f"holds {tuple(half.shape)}, expected {shape}" if tuple(half.shape) != shape
+                   else "does not match its sha256" if _tensor_sha256(half) != state.get("sha256") else None)
+    except Exception as error:  # a damaged or foreign file
+        problem = f"unreadable ({type(error).__name__})"
+    if problem:
+        warnings.warn(f"ignoring shipped features {path}: {problem}; computing them", stacklevel=3)
+        return None
+    return half.float()
 
 
 def reference_indices(num_total: int, num_images: int | None) -> torch.Tensor:
@@ -323,6 +377,12 @@ def dataset_features(
                           f"{_num_features(feature)}); recomputing", stacklevel=2)
         except Exception as error:  # a foreign or damaged file: say so, then rebuild it
             warnings.warn(f"ignoring unreadable feature cache {path} ({error}); recomputing", stacklevel=2)
+    if not refresh:  # a fresh clone: the tracked fp16 copy, if it is this data's and this network's
+        expected = (len(data) if indices is None else len(indices), _num_features(feature))
+        shipped = _load_shipped(shipped_features_path(path), _cache_key(data, feature, None if indices is None
+                                                                         else len(indices)), expected)
+        if shipped is not None:
+            return shipped
     images = data.images if indices is None else data.images[indices]
     features = extract_features(images, feature, batch_size=batch_size, device=device, progress=progress,
                                 desc=f"features of {data.name} {data.resolution}px")

@@ -92,7 +92,8 @@ class TrainResult:
 class TrainLoop:
     """Algorithm 1 of Ho et al., repeated: draw a batch, noise it, regress the noise, step AdamW, update the EMA."""
 
-    def __init__(self, config: Config, *, data: "ddpm_data.ImageData | None" = None, verbose: bool = True):
+    def __init__(self, config: Config, *, data: "ddpm_data.ImageData | None" = None, verbose: bool = True,
+                 init_from: Path | str | None = None):
         self.config = config
         self.verbose = verbose
         self.dist, self.device = init_distributed(config.device)
@@ -159,6 +160,8 @@ class TrainLoop:
             if self.classes:
                 classes_path(self.run_dir).write_text(json.dumps(self.classes.to_list(), indent=1) + "\n")
         barrier(self.dist)
+        if init_from is not None and not self.checkpoint_path.exists():
+            self.start_from(Path(init_from))
 
     # ------------------------------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -426,6 +429,24 @@ class TrainLoop:
             self.log(f"EMA snapshot at step {self.step}: {display_path(self.snapshot_dir)}")
         barrier(self.dist)
 
+    def start_from(self, folder: Path) -> None:
+        """Begin a new run from the EMA weights of a shipped folder (ddpm/weights.py), at the folder's step: what a
+        lost run folder leaves. Not an exact resume: the raw weights start as the EMA, the optimiser state is new (so
+        the learning rate warms up again) and the batches are drawn anew."""
+        from ddpm.weights import WEIGHTS_NAME, load_weights_file
+
+        state = load_weights_file(folder, map_location=self.device)
+        if self.classes is not None and state.get("classes") and Classes.from_list(state["classes"]) != self.classes:
+            raise ValueError(f"--init-from {folder}: its labels differ from those of {self.config.dataset!r} now")
+        load_weights(self.model, state["ema"], folder / WEIGHTS_NAME, "EMA")  # the EMAs copy it at the first step
+        self.step, self.seconds = state["step"], state["seconds"]
+        self.generator.manual_seed(self.config.seed + self.step)  # not the batches the run began with
+        if self.dist.is_main and (folder / "stats.jsonl").exists():  # the loss curve so far, as the folder had it
+            (self.run_dir / "stats.jsonl").write_text((folder / "stats.jsonl").read_text())
+        self.log(f"started from the EMA weights of {display_path(folder)} at step {self.step} "
+                 f"({self.step * self.config.batch_size:,} images): a new run, not an exact resume (new optimiser "
+                 f"state and warm-up, raw weights = the EMA)")
+
     def resume(self) -> None:
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)
         saved = Config.from_dict(state["config"])
@@ -609,9 +630,11 @@ def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
     )
 
 
-def train(config: Config, *, until_step: int | None = None, data=None, verbose: bool = True) -> TrainResult:
-    """Train (or resume) the run of `config` in its run folder."""
-    return TrainLoop(config, data=data, verbose=verbose).run(until_step)
+def train(config: Config, *, until_step: int | None = None, data=None, verbose: bool = True,
+          init_from: Path | str | None = None) -> TrainResult:
+    """Train (or resume) the run of `config` in its run folder; a new run may start from the EMA weights of a shipped
+    folder (init_from), which a run folder with a checkpoint ignores."""
+    return TrainLoop(config, data=data, verbose=verbose, init_from=init_from).run(until_step)
 
 
 def run_is_finished(config: Config) -> bool:

@@ -81,3 +81,33 @@ def test_recipe_candidates_pin_what_they_compare_and_the_second_ema_exports_as_a
     for key, value in exported.ema_model.state_dict().items():
         assert torch.equal(value, ema2["module." + key])
     assert not all(torch.equal(a, b) for a, b in zip(exported.ema_model.parameters(), original.ema_model.parameters()))
+
+
+def test_long_run_scores_each_snapshot_once_and_draws_the_curve(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("long_run", SCRIPT.parent / "long_run.py")
+    long_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(long_run)
+    from test_metrics import StandInFeatures
+
+    import ddpm.metrics
+    from ddpm.train import train
+
+    monkeypatch.setattr(ddpm.metrics, "InceptionFeatures", StandInFeatures)
+    for name, value in (("SCORES", tmp_path / "scores.jsonl"), ("NUM_GENERATED", 8), ("NUM_REAL", 32),
+                        ("STEPS", 2), ("CACHE_DIR", tmp_path / "cache")):
+        monkeypatch.setattr(long_run, name, value)
+    config = get_config("smoke", use_env=False, base_channels=8, limit_images=16, batch_size=4, train_steps=6,
+                        progress=False, runs_dir=str(tmp_path / "runs"), snapshot_every_kimg=0.012,
+                        ema2_half_life_kimg=0.1)
+    train(config, verbose=False)
+    args = ["score", "--run-dir", str(config.run_dir)]
+    assert long_run.main([*args, "--every", "0.024"]) == 0  # only the snapshot at 24 images, both EMAs
+    rows = long_run.read_scores()
+    assert [(r["kimg"], r["ema_half_life_kimg"]) for r in rows] == [(0.024, 0.05), (0.024, 0.1)]
+    assert long_run.main(args) == 0  # then the one at 12 images; nothing twice
+    rows = long_run.read_scores()
+    assert sorted((r["kimg"], r["ema_half_life_kimg"]) for r in rows) == [(0.012, 0.05), (0.012, 0.1), (0.024, 0.05),
+                                                                          (0.024, 0.1)]
+    assert all(r["num_generated"] == 8 and r["num_real"] == 32 and r["kid_std"] > 0 for r in rows)
+    assert long_run.main(["curve", "--out", str(tmp_path / "curve.png")]) == 0
+    assert (tmp_path / "curve.png").stat().st_size > 10_000

@@ -140,6 +140,34 @@ def test_reference_features_are_cached_and_keyed_by_sha256(tmp_path):
     assert metrics.reference_cache_path(small, feature=feature, cache_dir=tmp_path) != path
 
 
+def test_shipped_fp16_features_serve_a_fresh_clone_and_are_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "SHIPPED_FEATURES_DIR", str(tmp_path / "shipped"))
+    feature, data = StandInFeatures(), toy_data()
+    shipped = metrics.ship_features(data, feature=feature, num_images=10, cache_dir=tmp_path / "cache", progress=False)
+    exact = metrics.dataset_features(data, feature=feature, num_images=10, cache_dir=tmp_path / "cache")
+    seen = feature.images_seen
+
+    fresh = tmp_path / "fresh-cache"  # a fresh clone: no cache, only the tracked copy
+    served = metrics.dataset_features(data, feature=feature, num_images=10, cache_dir=fresh, progress=False)
+    assert feature.images_seen == seen, "the shipped copy must be read, not the network run"
+    assert served.dtype == torch.float32 and torch.allclose(served, exact, rtol=1e-3, atol=1e-4)
+    assert not torch.equal(served, exact)  # rounded to fp16 indeed
+    fake = exact[:5] + 0.1
+    assert metrics.fid_from_features(served, fake) == pytest.approx(metrics.fid_from_features(exact, fake), rel=1e-3)
+
+    state = torch.load(shipped, weights_only=True)  # damaged: refused with a warning, then computed
+    state["features"][0, 0] += 1
+    torch.save(state, shipped)
+    with pytest.warns(UserWarning, match="does not match its sha256"):
+        again = metrics.dataset_features(data, feature=feature, num_images=10, cache_dir=tmp_path / "fresh2",
+                                         progress=False)
+    assert feature.images_seen == seen + 10 and torch.equal(again, exact)
+    state["key"] = "another dataset"
+    torch.save(state, shipped)
+    with pytest.warns(UserWarning, match="made for other data or another feature network"):
+        metrics.dataset_features(data, feature=feature, num_images=10, cache_dir=tmp_path / "fresh3", progress=False)
+
+
 def test_cache_key_without_an_archive_hashes_the_images(tmp_path):
     feature = StandInFeatures()
     a, b = toy_data(sha256=None), toy_data(sha256=None)

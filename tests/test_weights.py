@@ -10,7 +10,7 @@ from ddpm.cli import main
 from ddpm.config import Config
 from ddpm.metrics import evaluate_run
 from ddpm.sample import generate
-from ddpm.train import load_run, train
+from ddpm.train import TrainLoop, load_run, read_stats, train
 from test_metrics import StandInFeatures
 
 
@@ -137,3 +137,25 @@ def test_snapshots_hold_the_ema_of_their_step_and_load_as_shipped_folders(tiny_c
     ema = load_run(stopped.run_dir).ema_model.state_dict()
     for name, tensor in load_run(folders[1]).ema_model.state_dict().items():
         assert torch.allclose(tensor, ema[name], rtol=1e-3, atol=1e-4), name
+
+
+def test_a_new_run_starts_from_a_shipped_folder_at_its_step(tiny_config, tmp_path, capsys):
+    train(tiny_config, verbose=False)  # 8 steps
+    folder = weights.export_weights(tiny_config.run_dir, tmp_path / "shipped", dtype=torch.float32)
+    shipped = load_run(folder)
+    again = tiny_config.replace(runs_dir=str(tmp_path / "again"), train_steps=12)
+    loop = TrainLoop(again, verbose=False, init_from=folder)
+    assert loop.step == 8 and loop.seconds == shipped.seconds
+    for name, tensor in shipped.ema_model.state_dict().items():
+        assert torch.equal(loop.model.state_dict()[name], tensor), name
+    assert [s["step"] for s in read_stats(again.run_dir)] == [s["step"] for s in read_stats(tiny_config.run_dir)]
+    assert "a new run, not an exact resume" in (again.run_dir / "log.txt").read_text()
+    assert loop.run().step == 12
+    # once the new run has a checkpoint, --init-from no longer matters: it resumes
+    assert TrainLoop(again.replace(train_steps=14), verbose=False, init_from=folder).step == 12
+
+    wider = ["train", "--profile", "smoke", "--runs-dir", str(tmp_path / "wider"), "--base-channels", "16",
+             "--train-steps", "2", "--init-from", str(folder), "--no-progress"]
+    assert main(wider) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ema.pt: its EMA weights do not fit the network" in err
