@@ -43,7 +43,8 @@ class LayoutLoop(TrainLoop):
 
     def draw_batch(self):
         x0, t, noise, labels = super().draw_batch()
-        return x0.contiguous(memory_format=self.memory_format), t, noise.contiguous(memory_format=self.memory_format), labels
+        layout = self.memory_format
+        return x0.contiguous(memory_format=layout), t, noise.contiguous(memory_format=layout), labels
 
 
 def layout_difference(config) -> float:
@@ -112,14 +113,16 @@ def main(argv=None) -> int:
                 sample[name].append(time_sample(loops[name], fmt, args.sample_images, args.sample_steps))
 
     print(f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch "
-          f"{torch.__version__}; profile {args.profile} ({r}px, base {config.base_channels}, batch {config.batch_size}); "
+          f"{torch.__version__}; profile {args.profile} ({r}px, base {config.base_channels}, "
+          f"batch {config.batch_size}); "
           f"{args.rounds} rounds")
     print(f"largest difference of one forward pass between layouts: {diff:.2e}")
     print("| what | NCHW img/s | channels_last img/s | channels_last / NCHW (median of rounds) |")
     print("|---|---|---|---|")
     for what, figures in (("train step", train), (f"DDIM-{args.sample_steps}, batch {args.sample_images}", sample)):
         ratios = [c / n for c, n in zip(figures["channels_last"], figures["NCHW"])]
-        print(f"| {what} | {statistics.median(figures['NCHW']):.1f} | {statistics.median(figures['channels_last']):.1f} "
+        nchw, nhwc = statistics.median(figures["NCHW"]), statistics.median(figures["channels_last"])
+        print(f"| {what} | {nchw:.1f} | {nhwc:.1f} "
               f"| {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}) |")
     return 0
 

@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the folder like a run folder, check its sha256 and never write into it.")
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt file")
     p.add_argument("--out", required=True, help="the folder to write, e.g. weights/cpu-long")
-    p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="how the weights are stored (default fp16)")
+    p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16",
+                   help="how the weights are stored (default fp16)")
     p.add_argument("--check-samples", type=int, default=16,
                    help="compare this many samples of the run and of the folder (0: skip)")
     p.set_defaults(func=cmd_export)

@@ -280,8 +280,9 @@ def _content_key(data) -> str:
 def _cache_key(data, feature: nn.Module, num_images: int | None) -> str:
     """What a feature cache depends on: dataset name, resolution, archive sha256 (or image hash), image count, feature
     network and subset."""
-    return "|".join([data.name, str(data.resolution), _content_key(data), f"{len(data)}img", feature_network_name(feature),
-                     "all" if num_images is None else f"n{num_images}-seed{REFERENCE_SUBSET_SEED}", str(_CACHE_FORMAT)])
+    subset = "all" if num_images is None else f"n{num_images}-seed{REFERENCE_SUBSET_SEED}"
+    return "|".join([data.name, str(data.resolution), _content_key(data), f"{len(data)}img",
+                     feature_network_name(feature), subset, str(_CACHE_FORMAT)])
 
 
 def reference_cache_path(
