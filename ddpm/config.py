@@ -177,6 +177,14 @@ class Config:
         """Where this profile's figures go: figures/<profile>/ (never the working directory)."""
         return resolve_path(self.figures_dir) / self.profile
 
+    @property
+    def sampling_guidance(self) -> float | None:
+        """The guidance scale this config's samples get by default: guidance_scale (1 if unset) for a conditional
+        network, None for an unconditional one."""
+        if not self.num_classes:
+            return None
+        return 1.0 if self.guidance_scale is None else self.guidance_scale
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 

@@ -150,7 +150,7 @@ def build_plan(cfg: Config) -> Plan:
     ddim = ("ddim", cfg.solver_steps)  # as many network calls as the solver: the samplers compare at equal cost
     # A conditional improved run is scored at its guidance scale, with labels drawn with the data's frequencies (so
     # that its rows compare with the unconditional runs'); the other runs are unconditional.
-    guide = (1.0 if cfg.guidance_scale is None else cfg.guidance_scale) if cfg.num_classes else None
+    guide = cfg.sampling_guidance
 
     def improved(weights: str, sampler: str, steps: int, num: int, **kw) -> EvalSpec:
         return EvalSpec("improved", weights, sampler, steps, num, real, guidance_scale=guide, **kw)

@@ -500,8 +500,7 @@ class TrainLoop:
 
         model = self.ema.module.eval()
         if self.classes:  # conditional: labels drawn with the data's frequencies, the config's guidance scale
-            scale = 1.0 if self.config.guidance_scale is None else self.config.guidance_scale
-            model = guided(model, self.classes.draw(32, seed=1234).to(self.device), scale)
+            model = guided(model, self.classes.draw(32, seed=1234).to(self.device), self.config.sampling_guidance)
         generator = torch.Generator(device=self.device).manual_seed(1234)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
             images = self.diffusion.sample(
@@ -550,9 +549,7 @@ class Run:
     @property
     def guidance_scale(self) -> float | None:
         """The scale this run is sampled with by default: its config's (1 if unset) when conditional, else None."""
-        if self.classes is None:
-            return None
-        return 1.0 if self.config.guidance_scale is None else self.config.guidance_scale
+        return None if self.classes is None else self.config.sampling_guidance
 
     def guidance(self, num: int, seed: int = 0, one_label: bool = False) -> dict:
         """generate()'s labels= and guidance_scale= for `num` samples of a conditional run (labels drawn with the
@@ -597,7 +594,7 @@ class Run:
 def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
     """Rebuild the networks (raw and EMA) and the diffusion process of a run folder from its checkpoint; or, from a
     shipped weights folder (ddpm/weights.py), its EMA network alone, after checking its SHA256."""
-    from ddpm.weights import WEIGHTS_NAME, is_weights_folder, load_weights_file
+    from ddpm.weights import WEIGHTS_NAME, ema_state_dict, is_weights_folder, load_weights_file
 
     run_dir = Path(run_dir)
     if is_weights_folder(run_dir):
@@ -615,9 +612,7 @@ def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
     model = build_model(config)
     load_weights(model, state["model"], path)
     ema_model = build_model(config)
-    # AveragedModel keeps the copy under "module." next to its n_averaged counter.
-    load_weights(ema_model, {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}, path,
-                 "EMA")
+    load_weights(ema_model, ema_state_dict(state), path, "EMA")  # AveragedModel's "module." copy, unwrapped
     return Run(
         config=config,
         model=model.to(device).eval().requires_grad_(False),

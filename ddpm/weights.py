@@ -54,9 +54,10 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ema_state_dict(state: dict, dtype: torch.dtype, which: str = "ema") -> dict[str, torch.Tensor]:
-    """An EMA network's weights from a checkpoint (AveragedModel keeps them under "module."), floats as `dtype`."""
-    return {k[len("module."):]: (v.to(dtype) if v.is_floating_point() else v).clone()
+def ema_state_dict(state: dict, dtype: torch.dtype | None = None, which: str = "ema") -> dict[str, torch.Tensor]:
+    """An EMA network's weights from a checkpoint (AveragedModel keeps them under "module."), floats as `dtype`
+    (None: as stored)."""
+    return {k[len("module."):]: (v.to(dtype).clone() if dtype is not None and v.is_floating_point() else v)
             for k, v in state[which].items() if k.startswith("module.")}
 
 
