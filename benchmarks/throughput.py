@@ -150,7 +150,7 @@ class DiffusersMatch:
 
 def match_diffusers(config: Config) -> DiffusersMatch:
     """Our UNet's layout mirrored in UNet2DModel; if that misses by more than 10%, the closest width/depth in a grid."""
-    target = sum(p.numel() for p in build_model(config.replace(model="unet")).parameters())
+    target = sum(p.numel() for p in build_model(config.replace(model="unet", num_classes=0)).parameters())
     kwargs = mirror_diffusers_config(config)
     match = DiffusersMatch(kwargs, count_diffusers_parameters(kwargs), target, "mirror")
     if abs(match.relative_difference) <= MATCH_TOLERANCE:
@@ -181,8 +181,9 @@ def build_loop(name: str, config: Config, runs_dir: str | Path, match: Diffusers
 
     For diffusers, TrainLoop is built from the unet config with ddpm.train.build_model patched to return the
     UNet2DModel: TrainLoop.__init__ itself then sets up channels_last, the EMA, fused AdamW, the scheduler and compile."""
+    # unconditional: synthetic images have no labels, and a label embedding costs nothing measurable
     config = config.replace(model="unet" if name == "diffusers" else name, runs_dir=str(runs_dir),
-                            run_name=f"throughput-{name}", progress=False)
+                            run_name=f"throughput-{name}", progress=False, num_classes=0)
     data = synthetic_data(config.resolution, config.seed)
     if name != "diffusers":
         return TrainLoop(config, data=data, verbose=False)

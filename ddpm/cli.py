@@ -12,6 +12,7 @@ import sys
 import typing
 from pathlib import Path
 
+from ddpm import budget
 from ddpm.diffusion import SAMPLERS
 from ddpm.config import PROFILES, Config, default_profile, get_config, parse_field
 
@@ -196,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "FlopCounterMode on the real networks, and its time at the given MFU; then the "
                                    "fixed costs and the total. Override sizes with DDPM_<FIELD> variables.")
     p.add_argument("--profile", choices=sorted(PROFILES), default=None, help=profile_help)
-    p.add_argument("--mfu", type=float, default=0.35, help="model FLOP utilisation to assume (default 0.35)")
-    p.add_argument("--peak-tflops", type=float, default=800.0,
-                   help="the accelerator's dense bf16 peak in TFLOP/s (default 800: one H100)")
+    p.add_argument("--mfu", type=float, default=budget.MFU, help=f"model FLOP utilisation to assume (default {budget.MFU})")
+    p.add_argument("--peak-tflops", type=float, default=budget.PEAK_TFLOPS,
+                   help=f"the accelerator's dense bf16 peak in TFLOP/s (default {budget.PEAK_TFLOPS:g}: one H200)")
     p.add_argument("--list", action="store_true", help="also list the runs and evaluations as a table")
     p.set_defaults(func=cmd_plan)
 

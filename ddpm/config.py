@@ -253,21 +253,27 @@ PROFILES: dict[str, dict] = {
         # No DDPM row: 256 images x 1000 steps would take 20 min here; DDIM with eta = 1 shows what fresh noise does.
         side_kimg=8.0, fid_samples=256, fid_compare_samples=256, fid_ddpm_samples=0, fid_real=1024, fid_batch_size=64,
     ),
-    # The reference plan on one H100 (ddpm/plan.py), fitted to 15 minutes at 35% MFU: `python -m ddpm plan --profile gpu`.
+    # The reference plan on one H200 (ddpm/plan.py), fitted to 11 minutes at 35% MFU: `python -m ddpm plan --profile gpu`.
     # The improved UNet at base 64 with multipliers 1-2-4-4 (26.3M parameters, 17.8 GFLOP forward at 64 px: 2.6x
-    # cheaper per image than Ho et al.'s CIFAR-10 widths), trained on 2.35M images (7.5 min at 35% MFU), capped at 8 min.
-    # Of the cpu recipe it takes v-prediction only, the one choice that depends neither on the resolution (the
-    # schedule does) nor on the batch (the learning rate and clipping do): benchmarks/README.md, "Recipe".
+    # cheaper per image than Ho et al.'s CIFAR-10 widths), trained on 1.2M images (3.9 min at 35% MFU), capped at 4.7 min.
+    # The cpu recipe's choices that depend neither on the batch nor on the length (benchmarks/README.md, "Recipe"):
+    # v-prediction on the cosine schedule (made for 64 px: Nichol & Dhariwal 2021), class-conditional with label dropout
+    # 0.1, sampled with guidance; lr and clipping stay those of a batch of 256. The guidance scale is measured on the
+    # GPU by benchmarks/guidance.py (tools/gpu/run.sh); 2 until then, since the cpu's 4 was chosen at 100k images.
     "gpu": dict(
         resolution=64, base_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(16,),
-        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=500, prediction="v", train_kimg=2350.0, train_minutes=8.0,
-        ema_half_life_kimg=50.0, log_every=100, checkpoint_every=2000, sample_every=2500, compile=True,
-        side_kimg=60.0, fid_samples=8189, fid_compare_samples=1024, fid_batch_size=512, solver_steps=20,
+        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=500, prediction="v", schedule="cosine", num_classes=102,
+        label_dropout=0.1, guidance_scale=2.0, train_kimg=1200.0, train_minutes=4.7, ema_half_life_kimg=50.0,
+        log_every=100, checkpoint_every=2000, sample_every=1000, compile=True,
+        # the DDPM row walks all 1000 steps with guidance: 256 images cost as much as all the other rows together
+        side_kimg=40.0, fid_samples=8189, fid_compare_samples=1024, fid_ddpm_samples=256, fid_batch_size=512,
+        solver_steps=20,
     ),
     # For users with hours: the same network and plan, trained 10x longer and without a time cap.
     "gpu-long": dict(
         resolution=64, base_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(16,),
-        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=1000, train_kimg=25000.0, prediction="v",
+        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=1000, train_kimg=25000.0, prediction="v", schedule="cosine",
+        num_classes=102, label_dropout=0.1, guidance_scale=2.0,
         ema_half_life_kimg=250.0, log_every=200, checkpoint_every=5000, sample_every=10000, compile=True,
         side_kimg=600.0, fid_samples=8189, fid_compare_samples=1024, fid_batch_size=512, solver_steps=20,
     ),

@@ -87,3 +87,12 @@ def describe_hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     return f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+
+
+def compile_module(module: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """torch.compile(module), falling back to eager execution where compiling fails (dynamo's suppress_errors, set
+    for the whole process): a compiler that breaks on a new GPU or driver costs speed, never the run."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(module, **kwargs)

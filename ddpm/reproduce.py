@@ -258,6 +258,13 @@ def reproduce(
         f"{describe_hardware(device)}; phases {', '.join(p for p in PHASES if p in phases)}")
     start = time.perf_counter()
 
+    phase_start = time.perf_counter()
+
+    def phase_done(name: str) -> None:  # each phase's wall-clock, for the budget's measured costs (ddpm/budget.py)
+        nonlocal phase_start
+        say(f"  {name}: {time.perf_counter() - phase_start:.1f} s")
+        phase_start = time.perf_counter()
+
     if "train" in phases:
         say("== train")
         for key, spec in plan.runs.items():
@@ -266,6 +273,7 @@ def reproduce(
                 continue
             result = train(spec.config)
             say(f"  {key}: step {result.step} of {spec.config.total_steps} in {result.seconds:.0f} s of training")
+        phase_done("train")
 
     if "evaluate" in phases:
         say("== evaluate")
@@ -278,11 +286,13 @@ def reproduce(
         floor = make_floor(plan, device=device, progress=cfg.progress)
         say(f"  floor, {floor['num_generated']} held-out real images: FID {floor['fid']:.2f}, "
             f"KID {floor['kid_mean']:.4f} ± {floor['kid_std']:.4f}")
+        phase_done("evaluate")
 
     out = notebook_out or REPO_ROOT / "outputs" / f"solution.{plan.profile}.ipynb"
     if "notebook" in phases:
         say("== notebook")
         run_notebook_phase(plan, Path(notebook), Path(out), rerun=rerun_notebook, say=say)
+        phase_done("notebook")
 
     if "results" in phases:
         say("== results")
@@ -290,6 +300,7 @@ def reproduce(
         readme = readme or REPO_ROOT / "README.md"
         update_readme(plan.profile, readme, figures_dir=plan.config.figures.parent)
         say(f"  wrote {md}, {js} and the results block of {readme}")
+        phase_done("results")
     say(f"reproduce: done in {time.perf_counter() - start:.0f} s")
     sys.stdout.flush()
     return plan

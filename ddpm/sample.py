@@ -20,6 +20,7 @@ from torch import nn
 
 from ddpm.data import to_uint8
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.distributed import compile_module
 from ddpm.guidance import guided
 from ddpm.progress import progress_bar
 
@@ -31,7 +32,7 @@ def compiled(model: nn.Module) -> nn.Module:
     """torch.compile of the network, made once per model: the sampler's Python loop stays eager (compiling it would
     recompile for every time step), and every step reuses the network's graph."""
     if model not in _compiled:
-        _compiled[model] = torch.compile(model)
+        _compiled[model] = compile_module(model)
     return _compiled[model]
 
 

@@ -31,7 +31,8 @@ from ddpm import data as ddpm_data
 from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint, load_weights
 from ddpm.config import RUNTIME_FIELDS, Config, display_path
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.distributed import DistInfo, all_gather_object, all_reduce_max, all_reduce_mean, barrier, init_distributed
+from ddpm.distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_mean, barrier, compile_module,
+                              init_distributed)
 from ddpm.ema import EMA, ema_half_life
 from ddpm.guidance import guided
 from ddpm.labels import Classes, classes_path
@@ -149,7 +150,7 @@ class TrainLoop:
         if self.dist.enabled:
             self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
         if config.compile:
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = compile_module(self.train_model)  # eager if compiling fails
 
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
         if self.checkpoint_path.exists():

@@ -74,3 +74,17 @@ def test_slerp_keeps_the_ends_and_the_norm_of_gaussian_noise():
     assert ((a + b) / 2).norm() < 0.75 * a.norm()
     with pytest.raises(ValueError, match="one shape"):
         slerp(a, b[:2], [0.5])
+
+
+def test_a_compiler_that_fails_falls_back_to_eager_execution():
+    # A backend that raises stands for Inductor breaking on an unseen GPU or driver: the network still runs, eagerly
+    from ddpm.distributed import compile_module
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("this compiler cannot build for this device")
+
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.SiLU(), torch.nn.Linear(5, 2))
+    x = torch.randn(4, 3)
+    out = compile_module(net, backend=broken_backend)(x)
+    assert torch.equal(out, net(x))
