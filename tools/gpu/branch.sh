@@ -13,7 +13,7 @@ if [ "${1:-}" = --undo ]; then
     exit
 fi
 git checkout -q -b gpu-run-tmp
-git rm -r -q --cached figures "${IGNORED[@]:1}" | true
+for path in "${IGNORED[@]}"; do path=${path#/}; git rm -r -q --cached "${path%/}"; done
 mkdir -p "$(dirname "$EXCLUDE")"
 printf '%s\n' "${IGNORED[@]}" >> "$EXCLUDE"
 ${PY:-.venv/bin/python} - <<'PY'
