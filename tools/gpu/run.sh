@@ -67,7 +67,7 @@ if [ "$GUIDED" = 1 ]; then
 fi
 
 # One process for the rest (each start costs CUDA's and Inception's); reproduce prints each phase's seconds
-phase evaluate-notebook-results $PY -m ddpm reproduce --profile "$PROFILE" --phases evaluate notebook results \
+phase evaluate-notebook-results $PY -m ddpm reproduce --profile "$PROFILE" --phases evaluate,notebook,results \
     || touch "$LOG_DIR/failed"
 printf 'total\t0\t%s\t0\n' "$(since "$(date +%s.%N)" "$START")" >> "$LOG_DIR/phases.tsv"
 [ -n "$DMON" ] && kill "$DMON" 2> /dev/null
