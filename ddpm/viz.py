@@ -65,7 +65,7 @@ def _scale_for(native_width: int) -> int:
 
 def _upscale(image: torch.Tensor, factor: int) -> Image.Image:
     """uint8 HxWx3 -> a PIL image `factor` times larger, every pixel a crisp factor x factor square."""
-    picture = Image.fromarray(image.numpy())
+    picture = Image.fromarray(image.cpu().numpy())  # a grid drawn on the GPU (periodic samples) too
     return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
 
 
@@ -122,7 +122,7 @@ def save_images(images: torch.Tensor, folder: Path | str) -> list[Path]:
     replaced."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    pixels = (_as_float01(images) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = (_as_float01(images) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     paths = [folder / f"{i:05d}.png" for i in range(len(pixels))]
     for image, path in zip(pixels, paths):
         Image.fromarray(image).save(path)
@@ -184,7 +184,7 @@ def save_denoising_gif(trajectory: Sequence[tuple[int, torch.Tensor, torch.Tenso
     for _, x_t, x0_hat in _pick(trajectory, frames):
         left, right = grid_image(x_t[:count], nrow=nrow), grid_image(x0_hat[:count], nrow=nrow)
         gap = torch.full((left.shape[0], 4, 3), 255, dtype=torch.uint8)
-        frame = Image.fromarray(torch.cat([left, gap, right], dim=1).numpy())
+        frame = Image.fromarray(torch.cat([left, gap, right], dim=1).cpu().numpy())
         pictures.append(frame.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE))
     per_frame_ms = max(20, round(1000 * duration_s / len(pictures)))
     durations = [per_frame_ms] * (len(pictures) - 1) + [round(1000 * hold_last_s)]
@@ -222,7 +222,7 @@ def plot_distance_histograms(distances: dict[str, torch.Tensor], path: Path | st
     everything = torch.cat(list(values.values()))
     edges = torch.linspace(everything.min().item(), everything.max().item(), bins + 1).tolist()
     for label, d in values.items():
-        ax.hist(d.numpy(), bins=edges, density=True, alpha=0.5, label=f"{label} ({len(d)})")
+        ax.hist(d.cpu().numpy(), bins=edges, density=True, alpha=0.5, label=f"{label} ({len(d)})")
     ax.set_xlabel("distance to the nearest neighbour (Inception pool features)")
     ax.set_ylabel("density")
     ax.grid(alpha=0.3)
