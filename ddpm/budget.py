@@ -28,14 +28,17 @@ EVAL_MFU = 0.25  # ... and its evaluations must fit at this one too (sampling ba
 BUDGET_MINUTES = 11.0
 GRID_IMAGES = 32  # one 4x8 grid
 
-# Fixed costs in seconds (estimates: no GPU run has measured them yet)
-STARTUP_S = 15.0  # reproduce's process: imports, CUDA context, cached data, Inception load
-COMPILE_TRAIN_S = 40.0  # torch.compile of a training step, forward and backward, for a network not compiled before
-COMPILE_AGAIN_S = 10.0  # ... for the same network and shapes again (Inductor's on-disk cache)
-COMPILE_SAMPLE_S = 20.0  # torch.compile of the sampling forward pass of a network (once per architecture)
+# Fixed costs in seconds, measured on the H200 (torch 2.11, 2026-11-30: benchmarks/gpu-runs/2026-11-30-h200) where
+# the run got that far; the notebook's is still an estimate. The same run measured the rates: the uncompiled baseline
+# trained at 25% MFU, the compiled improved UNet at 20%, compiled sampling at 34%.
+STARTUP_S = 12.0  # a process of reproduce: imports, CUDA context, decoded data, up to the first training step
+COMPILE_TRAIN_S = 115.0  # torch.compile of a training step, forward and backward, for a network not compiled before
+COMPILE_AGAIN_S = 30.0  # ... for the same network and shapes in a later process (Inductor's caches save little)
+COMPILE_SAMPLE_S = 35.0  # torch.compile of the sampling forward pass of a network (per batch shape)
+EVALUATION_S = 6.0  # each FID/KID row beyond its FLOPs: loading the run, the Inception pass's overheads, KID's subsets
 CHECKPOINT_GBPS = 1.0  # device -> host -> disk, for model, EMA and AdamW's two moments (4 x parameters, float32)
-# The notebook's kernel start, plots and the denoising GIF, and the latency of the notebook's eager 32-image batches (about 2000
-# network calls at some 10 ms each, launch-bound)
+# The notebook's kernel start, plots and the denoising GIF, and the latency of the notebook's eager 32-image batches
+# (about 2000 network calls at some 10 ms each, launch-bound): an estimate, the notebook has not run on a GPU yet
 NOTEBOOK_RENDER_S = 60.0
 
 
@@ -141,19 +144,31 @@ def fixed_costs(plan: Plan) -> list[Cost]:
     compiling = [c for c in configs if c.compile]
     architectures = {(c.model, c.base_channels, c.channel_mult, c.num_res_blocks, c.attention_resolutions)
                      for c in compiling}
-    compile_s = (len(architectures) * (COMPILE_TRAIN_S + COMPILE_SAMPLE_S)
-                 + (len(compiling) - len(architectures)) * COMPILE_AGAIN_S)
+    # compiling a training step happens inside the run's capped seconds; compiling for sampling, in the evaluations
+    train_compile_s = len(architectures) * COMPILE_TRAIN_S + (len(compiling) - len(architectures)) * COMPILE_AGAIN_S
+    sample_compile_s = len(architectures) * COMPILE_SAMPLE_S
     checkpoint_s = 0.0
     for c in configs:
         parameters = count_config_parameters(c)
         checkpoint_s += (math.ceil(c.total_steps / c.checkpoint_every) + 1) * 4 * 4 * parameters / CHECKPOINT_GBPS / 1e9
     return [
         Cost("fixed", "start-up: imports, CUDA, data, Inception", seconds=STARTUP_S),
-        Cost("fixed", f"torch.compile: {len(compiling)} training runs, {len(architectures)} architectures",
-             seconds=compile_s),
+        Cost("fixed", f"evaluation overheads: {len(plan.evaluations) + 1} rows", seconds=EVALUATION_S * (len(plan.evaluations) + 1)),
+        Cost("fixed", f"torch.compile of training: {len(compiling)} runs, {len(architectures)} architectures",
+             seconds=train_compile_s),
+        Cost("fixed", f"torch.compile of sampling: {len(architectures)} architectures", seconds=sample_compile_s),
         Cost("fixed", "checkpoints", seconds=checkpoint_s),
         Cost("fixed", "notebook rendering: kernel, plots, GIF, small batches", seconds=NOTEBOOK_RENDER_S),
     ]
+
+
+def worst_case_seconds(plan: Plan, peak_tflops: float = PEAK_TFLOPS) -> float:
+    """The plan's wall-clock when every run stops at its cap and the evaluations run at EVAL_MFU. Compiling a
+    training step happens inside a run's capped seconds, so it is not counted again."""
+    costs = plan_costs(plan, mfu=EVAL_MFU, peak_tflops=peak_tflops)
+    caps = sum(c.cap_s or c.seconds for c in costs if c.phase == "train")
+    return caps + sum(c.seconds for c in costs if c.phase in ("evaluate", "notebook", "fixed")
+                      and "compile of training" not in c.item)
 
 
 def _flops(value: float) -> str:
@@ -191,5 +206,7 @@ def format_costs(plan: Plan, costs: list[Cost], *, mfu: float, peak_tflops: floa
                      f"{_minutes(total - by_phase['evaluate'] + slow).strip()}")
     caps = [c.cap_s for c in costs if c.phase == "train"]
     if all(caps):  # a slower GPU: training ends at the caps, whatever the MFU
-        lines.append(f"at any MFU, train_minutes stops the training at {_minutes(sum(caps)).strip()} in all")
+        lines.append(f"at any MFU, train_minutes stops the training at {_minutes(sum(caps)).strip()} in all; "
+                     f"with every cap reached and the evaluations at {EVAL_MFU:.0%} MFU, the plan takes "
+                     f"{_minutes(worst_case_seconds(plan, peak_tflops)).strip()}")
     return "\n".join(lines)

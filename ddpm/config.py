@@ -224,7 +224,7 @@ def resolve_path(path: str) -> Path:
 
 
 # Environment variables of the project that are not config fields.
-NON_CONFIG_ENV = frozenset({"DDPM_PROFILE", "DDPM_OUTPUT_DIR"})
+NON_CONFIG_ENV = frozenset({"DDPM_PROFILE", "DDPM_OUTPUT_DIR", "DDPM_DATA_DIR"})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -254,19 +254,23 @@ PROFILES: dict[str, dict] = {
         side_kimg=8.0, fid_samples=256, fid_compare_samples=256, fid_ddpm_samples=0, fid_real=1024, fid_batch_size=64,
     ),
     # The reference plan on one H200 (ddpm/plan.py), fitted to 11 minutes at 35% MFU: `python -m ddpm plan --profile gpu`.
-    # The improved UNet at base 64 with multipliers 1-2-4-4 (26.3M parameters, 17.8 GFLOP forward at 64 px: 2.6x
-    # cheaper per image than Ho et al.'s CIFAR-10 widths), trained on 1.2M images (3.9 min at 35% MFU), capped at 4.7 min.
-    # The cpu recipe's choices that depend neither on the batch nor on the length (benchmarks/README.md, "Recipe"):
-    # v-prediction on the cosine schedule (made for 64 px: Nichol & Dhariwal 2021), class-conditional with label dropout
-    # 0.1, sampled with guidance; lr and clipping stay those of a batch of 256. The guidance scale is measured on the
-    # GPU by benchmarks/guidance.py (tools/gpu/run.sh); 2 until then, since the cpu's 4 was chosen at 100k images.
+    # The improved UNet at base 64 with multipliers 1-2-4-4 (26.4M parameters, 17.8 GFLOP forward at 64 px: 2.6x
+    # cheaper per image than Ho et al.'s CIFAR-10 widths), trained on 1.1M images (3.6 min at 35% MFU), capped at
+    # 3.8 min. The cpu recipe (benchmarks/README.md, "Recipe"): v-prediction on the cosine schedule (made for 64 px:
+    # Nichol & Dhariwal 2021), lr 1e-3 without clipping, weight decay 1e-4 (EDM trains CIFAR-10 at lr 1e-3 too),
+    # class-conditional with label dropout 0.1 and guidance. The first H200 run (benchmarks/gpu-runs/2026-11-30-h200)
+    # set the rest: torch.compile took 115 s before the first training step and each new sampling batch shape ~35 s,
+    # and the compiled UNet then ran at 20% MFU, while the uncompiled baseline ran at 25%, so nothing is compiled here;
+    # at lr 2e-4 with 500 warm-up steps, its 800 steps had barely left the warm-up (FID 184), hence lr 1e-3 and 200
+    # steps; its raw weights beat the EMA (50k images is long for such a run), hence a half-life of 20k images. The
+    # guidance scale of the headline is measured on the GPU by benchmarks/guidance.py (tools/gpu/run.sh); 2 until then.
     "gpu": dict(
         resolution=64, base_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(16,),
-        dropout=0.1, batch_size=256, lr=2e-4, warmup_steps=500, prediction="v", schedule="cosine", num_classes=102,
-        label_dropout=0.1, guidance_scale=2.0, train_kimg=1200.0, train_minutes=4.7, ema_half_life_kimg=50.0,
-        log_every=100, checkpoint_every=2000, sample_every=1000, compile=True,
-        # the DDPM row walks all 1000 steps with guidance: 256 images cost as much as all the other rows together
-        side_kimg=40.0, fid_samples=8189, fid_compare_samples=1024, fid_ddpm_samples=256, fid_batch_size=512,
+        dropout=0.1, batch_size=256, lr=1e-3, grad_clip=0.0, weight_decay=1e-4, warmup_steps=200, prediction="v",
+        schedule="cosine", num_classes=102, label_dropout=0.1, guidance_scale=2.0, train_kimg=1100.0,
+        train_minutes=3.8, ema_half_life_kimg=20.0, log_every=100, checkpoint_every=2000, sample_every=1000,
+        # the DDPM row walks all 1000 steps with guidance: its 128 images cost more than any other row
+        side_kimg=40.0, fid_samples=8189, fid_compare_samples=1024, fid_ddpm_samples=128, fid_batch_size=512,
         solver_steps=20,
     ),
     # For users with hours: the same network and plan, trained 10x longer and without a time cap.

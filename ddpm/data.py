@@ -34,7 +34,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 T = TypeVar("T")
 
-DATA_DIR: Path = Path(__file__).resolve().parents[1] / "data"
+# Where the bundled archives live: the repository's data/, or DDPM_DATA_DIR (a copy elsewhere, e.g. outside a working
+# tree that something else rewrites: tools/gpu/start.sh)
+DATA_DIR: Path = Path(os.environ.get("DDPM_DATA_DIR") or Path(__file__).resolve().parents[1] / "data")
 
 BUNDLED: dict[str, str] = {  # name -> archive path relative to data_dir
     "flowers102": "flowers102/flowers102-64.zip",

@@ -373,3 +373,20 @@ def test_cache_key_follows_archive_content(tmp_path: Path, odd_images: Path) -> 
     folder_before = load_images(f"folder:{odd_images}", 16, data_dir=tmp_path)
     (odd_images / "z_new.png").unlink()
     assert len(folder_before) == 7 and len(load_images(f"folder:{odd_images}", 16, data_dir=tmp_path)) == 6
+
+
+def test_ddpm_data_dir_moves_the_bundled_archives_elsewhere(tmp_path):
+    # tools/gpu/start.sh keeps the archives outside a working tree that later device calls rewrite
+    import shutil
+    import subprocess
+    import sys
+
+    from ddpm.data import BUNDLED, DATA_DIR
+
+    (tmp_path / "craters").mkdir()
+    shutil.copy(DATA_DIR / BUNDLED["craters"], tmp_path / BUNDLED["craters"])
+    code = ("import ddpm.data as d; data = d.load_images('craters', 32, split='train'); "
+            "print(d.DATA_DIR, len(data), (d.DATA_DIR / '.cache').is_dir())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "DDPM_DATA_DIR": str(tmp_path)}).stdout.split()
+    assert out == [str(tmp_path), "98", "True"]

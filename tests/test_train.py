@@ -248,7 +248,8 @@ def test_time_cap_stops_cleanly_checkpoints_and_counts_as_finished(tiny_config, 
 def test_time_cap_is_checked_against_the_training_seconds_of_earlier_sessions(tiny_config):
     config = tiny_config.replace(train_steps=12, log_every=2)
     first = train(config, until_step=6, verbose=False)
-    capped = config.replace(train_minutes=first.seconds / 60)  # already used up by the first session
+    # a cap the first session already used up (just under its seconds: x / 60 * 60 need not give x back exactly)
+    capped = config.replace(train_minutes=0.999 * first.seconds / 60)
     again = train(capped, verbose=False)
     assert again.step == 6 and again.finished  # nothing more to train
 

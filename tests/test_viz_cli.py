@@ -232,3 +232,14 @@ def test_shown_source_names_the_package_file_even_for_decorated_methods():
     shown = source_html(GaussianDiffusion.ddim_step)
     assert shown.startswith("<p><code>ddpm/diffusion.py:") and "_contextlib" not in shown
     assert "<pre" in shown and "monospace" in shown and ">ddim_step</span>" in shown  # highlighted, in the code font
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the failure was a GPU tensor reaching numpy")
+def test_grids_and_images_drawn_on_the_gpu_are_saved(tmp_path):
+    # Seen on the H200: the periodic grid of a run, sampled on the GPU, went to PIL without leaving the device
+    from ddpm.viz import save_grid, save_images
+
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, device="cuda")
+    assert save_grid(images, tmp_path / "grid.png", scale=1).is_file()
+    save_images(images, tmp_path / "images")
+    assert len(list((tmp_path / "images").glob("*.png"))) == 4

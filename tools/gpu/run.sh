@@ -11,7 +11,7 @@ PROFILE=${1:?usage: tools/gpu/run.sh PROFILE}
 PY=${PY:-python3}
 LOG_DIR=${LOG_DIR:-outputs/gpu-run-$PROFILE}
 WHEELS_MARKER=${WHEELS_MARKER:-runs/.evaluation-wheels-installed}
-SWEEP_SCALES=${SWEEP_SCALES:-1 2 3 4}
+SWEEP_SCALES=${SWEEP_SCALES:-1 1.5 2 3 4}
 export DDPM_PROFILE=$PROFILE PYTHONUNBUFFERED=1
 mkdir -p "$LOG_DIR"
 rm -f "$LOG_DIR/done" "$LOG_DIR/failed"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The device's first call: start tools/gpu/run.sh in its own session (it outlives the call), then install the
-# notebook's wheels (carried in .whl/) into /tmp/site-nb while the GPU trains.
+# The device's first call: copy the data out of the working tree, start tools/gpu/run.sh in its own session (it
+# outlives the call), then install the notebook's wheels (carried in .whl/) into /tmp/site-nb while the GPU trains.
 #   usage: tools/gpu/start.sh PROFILE     (env PY; SKIP_NB_WHEELS=1 where the Python has them, as in a rehearsal)
 set -u
 cd "$(dirname "$0")/../.."
@@ -8,6 +8,9 @@ PROFILE=${1:?usage: tools/gpu/start.sh PROFILE}
 PY=${PY:-python3}
 LOG_DIR=outputs/gpu-run-$PROFILE
 mkdir -p "$LOG_DIR" runs
+# The data (carried by this call alone) moves out of the working tree: each later call rewrites the tree and drops
+# carried paths it does not name again (seen on the H200, 2026-11-30), so the run reads it from DDPM_DATA_DIR.
+mkdir -p /tmp/ddpm-data && cp -r data/. /tmp/ddpm-data/ && export DDPM_DATA_DIR=/tmp/ddpm-data
 setsid nohup bash tools/gpu/run.sh "$PROFILE" > "$LOG_DIR/run.log" 2>&1 < /dev/null &
 echo "started tools/gpu/run.sh $PROFILE (pid $!)"
 if [ "${SKIP_NB_WHEELS:-0}" != 1 ]; then
