@@ -147,13 +147,14 @@ def fixed_costs(plan: Plan) -> list[Cost]:
     # compiling a training step happens inside the run's capped seconds; compiling for sampling, in the evaluations
     train_compile_s = len(architectures) * COMPILE_TRAIN_S + (len(compiling) - len(architectures)) * COMPILE_AGAIN_S
     sample_compile_s = len(architectures) * COMPILE_SAMPLE_S
+    rows = len(plan.evaluations) + 1  # and the floor
     checkpoint_s = 0.0
     for c in configs:
         parameters = count_config_parameters(c)
         checkpoint_s += (math.ceil(c.total_steps / c.checkpoint_every) + 1) * 4 * 4 * parameters / CHECKPOINT_GBPS / 1e9
     return [
         Cost("fixed", "start-up: imports, CUDA, data, Inception", seconds=STARTUP_S),
-        Cost("fixed", f"evaluation overheads: {len(plan.evaluations) + 1} rows", seconds=EVALUATION_S * (len(plan.evaluations) + 1)),
+        Cost("fixed", f"evaluation overheads: {rows} rows", seconds=EVALUATION_S * rows),
         Cost("fixed", f"torch.compile of training: {len(compiling)} runs, {len(architectures)} architectures",
              seconds=train_compile_s),
         Cost("fixed", f"torch.compile of sampling: {len(architectures)} architectures", seconds=sample_compile_s),
@@ -162,10 +163,11 @@ def fixed_costs(plan: Plan) -> list[Cost]:
     ]
 
 
-def worst_case_seconds(plan: Plan, peak_tflops: float = PEAK_TFLOPS) -> float:
-    """The plan's wall-clock when every run stops at its cap and the evaluations run at EVAL_MFU. Compiling a
-    training step happens inside a run's capped seconds, so it is not counted again."""
-    costs = plan_costs(plan, mfu=EVAL_MFU, peak_tflops=peak_tflops)
+def worst_case_seconds(plan: Plan, peak_tflops: float = PEAK_TFLOPS, costs: list[Cost] | None = None) -> float:
+    """The plan's wall-clock when every run stops at its cap and the evaluations run at EVAL_MFU (`costs`: the plan's
+    costs at EVAL_MFU, if already made). Compiling a training step happens inside a run's capped seconds, so it is not
+    counted again."""
+    costs = costs or plan_costs(plan, mfu=EVAL_MFU, peak_tflops=peak_tflops)
     caps = sum(c.cap_s or c.seconds for c in costs if c.phase == "train")
     return caps + sum(c.seconds for c in costs if c.phase in ("evaluate", "notebook", "fixed")
                       and "compile of training" not in c.item)
@@ -200,13 +202,14 @@ def format_costs(plan: Plan, costs: list[Cost], *, mfu: float, peak_tflops: floa
                  + f"; training the improved UNet: {improved / total:.0%} of the total")
     lines.append(f"total     {_minutes(total).strip()}"
                  + (f" (budget {BUDGET_MINUTES:g} min on one H200)" if plan.profile == "gpu" else ""))
+    slow_costs = plan_costs(plan, mfu=EVAL_MFU, peak_tflops=peak_tflops)
     if mfu > EVAL_MFU:  # the evaluations' sampling batches may run further below the peak than training
-        slow = sum(c.seconds for c in plan_costs(plan, mfu=EVAL_MFU, peak_tflops=peak_tflops) if c.phase == "evaluate")
+        slow = sum(c.seconds for c in slow_costs if c.phase == "evaluate")
         lines.append(f"with the evaluations at {EVAL_MFU:.0%} MFU: evaluate {_minutes(slow).strip()}, total "
                      f"{_minutes(total - by_phase['evaluate'] + slow).strip()}")
     caps = [c.cap_s for c in costs if c.phase == "train"]
     if all(caps):  # a slower GPU: training ends at the caps, whatever the MFU
         lines.append(f"at any MFU, train_minutes stops the training at {_minutes(sum(caps)).strip()} in all; "
                      f"with every cap reached and the evaluations at {EVAL_MFU:.0%} MFU, the plan takes "
-                     f"{_minutes(worst_case_seconds(plan, peak_tflops)).strip()}")
+                     f"{_minutes(worst_case_seconds(plan, peak_tflops, slow_costs)).strip()}")
     return "\n".join(lines)

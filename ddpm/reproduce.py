@@ -256,9 +256,7 @@ def reproduce(
     device = resolve_device(cfg.device)
     say(f"reproduce: profile {plan.profile}, {len(plan.runs)} runs, {len(plan.evaluations)} evaluations, on "
         f"{describe_hardware(device)}; phases {', '.join(p for p in PHASES if p in phases)}")
-    start = time.perf_counter()
-
-    phase_start = time.perf_counter()
+    start = phase_start = time.perf_counter()
 
     def phase_done(name: str) -> None:  # each phase's wall-clock, for the budget's measured costs (ddpm/budget.py)
         nonlocal phase_start
