@@ -90,6 +90,14 @@ class Plan:
     def evaluations_of(self, *keys: str) -> list[EvalSpec]:
         return [spec for spec in self.evaluations if spec.run in keys]
 
+    def reference_sets(self) -> list[tuple[str, int, str | None, int | None]]:
+        """(dataset, resolution, split, num_real) of every set of real images the plan's evaluations and floor are
+        scored against: the feature caches it reads (tools/ship_features.py ships them for a fresh clone)."""
+        sets = [(c.dataset, c.resolution, c.split, e.num_real)
+                for e in self.evaluations for c in [self.run_config(e.run)]]
+        sets.append((self.config.dataset, self.config.resolution, self.config.split, self.floor.num_real))
+        return list(dict.fromkeys(sets))
+
     @property
     def protocol(self) -> str:
         cfg = self.config

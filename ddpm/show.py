@@ -121,15 +121,13 @@ def readme_results_block(profile: str, figures_dir: Path | None = None, readme: 
     improved = next(r for r in summary["training"] if "-unet-flowers102-" in r["run"])
     name = improved["run"]
     relative = Path(os.path.relpath(figures, readme.resolve().parent)).as_posix()  # links work from the README
-    lines = [
+    lines = [*_long_run_lines(figures, relative, summary["hardware"]),
         f"### Results of the committed run (profile `{profile}`, {summary['hardware']})",
         "",
-        "4x8 samples of the improved UNet (EMA weights, DPM-Solver++(2M), seed 123), and eight samples denoising "
-        "with DDPM (x_t left, the network's guess of x_0 right):",
+        "4x8 samples of the notebook's own improved UNet (EMA weights, DPM-Solver++(2M), seed 123), trained in the "
+        "run below:",
         "",
         f"![samples]({relative}/grid-{name}-seed123.png)",
-        "",
-        f'<img src="{relative}/denoising-{name}-ddpm.gif" width="600" alt="DDPM denoising">',
         "",
         "Training:",
         "",
@@ -138,6 +136,33 @@ def readme_results_block(profile: str, figures_dir: Path | None = None, readme: 
         (figures / "results.md").read_text().strip(),
     ]
     return "\n".join(lines)
+
+
+def _long_run_lines(figures: Path, relative: str, hardware: str) -> list[str]:
+    """The README's lead: the long run's grid and denoising GIF (as the notebook drew them) and its stored scores at
+    its guidance scale (benchmarks/long-run/); nothing when the notebook has not drawn them."""
+    from ddpm.train import load_run
+    from ddpm.weights import LONG_RUN_WEIGHTS, long_run_results
+
+    if not (figures / "grid-cpu-long-seed123.png").is_file():
+        return []
+    run = load_run(REPO_ROOT / LONG_RUN_WEIGHTS)
+    stored = long_run_results(REPO_ROOT / "benchmarks" / "long-run")
+    lines = [f"### Flowers from the long CPU run (`{LONG_RUN_WEIGHTS}`)", "",
+             f"32 samples of the shipped weights ({run.images_seen:,} images of training, {run.seconds / 3600:.1f} h "
+             f"on {hardware}; DPM-Solver++(2M) 20 steps, guidance {run.guidance_scale:g}, seed 123), and eight of "
+             "them denoising with DDPM (x_t left, the network's guess of x_0 right):", "",
+             f"![long run samples]({relative}/grid-cpu-long-seed123.png)", "",
+             f'<img src="{relative}/denoising-cpu-long-ddpm.gif" width="600" alt="DDPM denoising">', ""]
+    row = next((r for r in stored["guidance"] if r["guidance_scale"] == run.guidance_scale), None)
+    if row and stored["scores"]:
+        floor = stored["scores"][-1]
+        lines += [f"At guidance {row['guidance_scale']:g}: **KID {row['kid_mean']:.4f} ± {row['kid_std']:.4f}, FID "
+                  f"{row['fid']:.1f}** ({row['num_generated']} generated against all {row['num_real']} real flowers "
+                  f"at 32 px); the real-vs-real floor of the same protocol: KID {floor['floor_kid_mean']:.4f} ± "
+                  f"{floor['floor_kid_std']:.4f}, FID {floor['floor_fid']:.1f}. The notebook's section 5, *Longer "
+                  "training*, has the curves against images seen and the guidance scale.", ""]
+    return lines
 
 
 def update_readme(profile: str, readme: Path | None = None, figures_dir: Path | None = None) -> None:

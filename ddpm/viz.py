@@ -257,3 +257,38 @@ def save_noising_rows(rows: dict[str, torch.Tensor], path: Path | str) -> Path:
     images = torch.cat(list(rows.values()))
     grid = grid_image(images, nrow=len(next(iter(rows.values()))))
     return _save_panels([(None, _upscale(grid, _scale_for(grid.shape[1])))], path)
+
+
+def plot_long_run_scores(scores: Sequence[dict], guidance: Sequence[dict], path: Path | str) -> Path:
+    """A long run's scores: KID and FID against images seen (one line per EMA half-life, from snapshot scores) on top,
+    and against the guidance scale (one run's sweep) below; the real-vs-real floor of the same protocol dashed. Rows
+    are benchmarks/long_run.py's and benchmarks/guidance.py's JSON lines."""
+    fig = Figure(figsize=(10, 7))
+    axes = fig.subplots(2, 2)
+    floor = next((r for r in reversed(scores) if "floor_kid_mean" in r), None)
+    for half_life in sorted({r["ema_half_life_kimg"] for r in scores}):
+        mine = sorted((r for r in scores if r["ema_half_life_kimg"] == half_life), key=lambda r: r["kimg"])
+        kimg, label = [r["kimg"] for r in mine], f"EMA half-life {half_life:g}k images"
+        axes[0, 0].errorbar(kimg, [1e3 * r["kid_mean"] for r in mine], yerr=[1e3 * r["kid_std"] for r in mine],
+                            marker="o", capsize=3, label=label)
+        axes[0, 1].plot(kimg, [r["fid"] for r in mine], marker="o", label=label)
+    rows = sorted(guidance, key=lambda r: r["guidance_scale"])
+    scales = [r["guidance_scale"] for r in rows]
+    axes[1, 0].errorbar(scales, [1e3 * r["kid_mean"] for r in rows], yerr=[1e3 * r["kid_std"] for r in rows],
+                        marker="o", capsize=3, color="C2", label="shipped weights")
+    axes[1, 1].plot(scales, [r["fid"] for r in rows], marker="o", color="C2", label="shipped weights")
+    for (row, col), what, x in (((0, 0), "KID x 1e3", "thousands of images seen"),
+                                ((0, 1), "FID", "thousands of images seen"),
+                                ((1, 0), "KID x 1e3", "guidance scale (0: unconditional, 1: conditional, unguided)"),
+                                ((1, 1), "FID", "guidance scale (0: unconditional, 1: conditional, unguided)")):
+        ax = axes[row, col]
+        if floor is not None:
+            value = 1e3 * floor["floor_kid_mean"] if what.startswith("KID") else floor["floor_fid"]
+            ax.axhline(value, color="grey", linestyle="--", label="real vs real (floor)")
+        ax.set_xlabel(x)
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(_prepare(path), dpi=100)
+    return Path(path)

@@ -30,6 +30,10 @@ SUMS_NAME = "SHA256"
 RECORDS = ("stats.jsonl", "log.txt")  # copied from the run folder as they are
 OUTPUTS_DIR = "outputs"  # what is derived from a shipped folder goes to outputs/<folder name>/
 MAX_BYTES = 8 * 2**20  # the largest ema.pt a clone should carry
+# The long CPU run (profile cpu-long): its shipped EMA, and its scores as benchmarks/long_run.py and guidance.py store
+# them (the notebook and the README read these; nothing here recomputes them)
+LONG_RUN_WEIGHTS = "weights/cpu-long"
+LONG_RUN_RESULTS = "benchmarks/long-run"
 
 
 class WeightsError(ValueError):
@@ -128,3 +132,16 @@ def load_weights_file(folder: Path | str, map_location="cpu") -> dict:
     state = load_checkpoint(folder / WEIGHTS_NAME, map_location=map_location, required=("config", "step", "ema"))
     state["ema"] = {k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}
     return state
+
+
+def _json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def long_run_results(folder: Path | str = LONG_RUN_RESULTS) -> dict:
+    """The long run's stored scores: {"scores": one row per scored snapshot (KID/FID against images seen, with the
+    floor), "guidance": one row per guidance scale of the shipped weights, "nearest": the memorisation check or None}."""
+    folder = resolve_path(folder)
+    nearest = folder / "nearest.json"
+    return {"scores": _json_lines(folder / "scores.jsonl"), "guidance": _json_lines(folder / "guidance.jsonl"),
+            "nearest": json.loads(nearest.read_text()) if nearest.is_file() else None}

@@ -93,8 +93,10 @@ def test_long_run_scores_each_snapshot_once_and_draws_the_curve(tmp_path, monkey
     from ddpm.train import train
 
     monkeypatch.setattr(ddpm.metrics, "InceptionFeatures", StandInFeatures)
-    for name, value in (("SCORES", tmp_path / "scores.jsonl"), ("NUM_GENERATED", 8), ("NUM_REAL", 32),
-                        ("STEPS", 2), ("CACHE_DIR", tmp_path / "cache")):
+    store = tmp_path / "long-run"
+    for name, value in (("STORE", store), ("SCORES", store / "scores.jsonl"), ("GUIDANCE", store / "guidance.jsonl"),
+                        ("NEAREST", store / "nearest.json"), ("NUM_GENERATED", 8), ("NUM_REAL", 32), ("STEPS", 2),
+                        ("CACHE_DIR", tmp_path / "cache")):
         monkeypatch.setattr(long_run, name, value)
     config = get_config("smoke", use_env=False, base_channels=8, limit_images=16, batch_size=4, train_steps=6,
                         progress=False, runs_dir=str(tmp_path / "runs"), snapshot_every_kimg=0.012,
@@ -109,5 +111,17 @@ def test_long_run_scores_each_snapshot_once_and_draws_the_curve(tmp_path, monkey
     assert sorted((r["kimg"], r["ema_half_life_kimg"]) for r in rows) == [(0.012, 0.05), (0.012, 0.1), (0.024, 0.05),
                                                                           (0.024, 0.1)]
     assert all(r["num_generated"] == 8 and r["num_real"] == 32 and r["kid_std"] > 0 for r in rows)
+    assert long_run.main([*args, "--kimg", "0.012", "0.024", "--half-life", "0.05"]) == 0  # all scored already
+    assert len(long_run.read_scores()) == 4
+    (store / "guidance.jsonl").write_text("".join(json.dumps({**rows[0], "guidance_scale": g}) + "\n" for g in (0, 1)))
     assert long_run.main(["curve", "--out", str(tmp_path / "curve.png")]) == 0
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+    # The memorisation check: samples beside their nearest real images, distances against the real ones' own
+    snapshot = sorted((config.run_dir / "snapshots").iterdir())[-1]
+    assert long_run.main(["nearest", "--weights", str(snapshot), "--num", "8", "--show", "8"]) == 0
+    result = json.loads((store / "nearest.json").read_text())
+    assert result["num_samples"] == 8 and result["num_real"] == 32
+    assert 0 < result["real_min"] <= result["real_1st_percentile"] <= result["real_median"]
+    assert 0 <= result["sample_min"] <= result["sample_median"]
+    assert (store / "nearest.png").stat().st_size > 1000 and (store / "nearest-distances.png").stat().st_size > 1000

@@ -39,6 +39,10 @@ def test_every_profile_plans_the_notebooks_runs_and_evaluations(profile):
     assert linear.replace(schedule="cosine", run_name=None) == cosine.replace(run_name=None)
     assert linear.model == "baseline"
     assert (plan.floor.num_generated, plan.floor.num_real) == (cfg.fid_compare_samples, cfg.fid_real)
+    # The real sets it is scored against, each once: what tools/ship_features.py ships for a fresh clone
+    assert plan.reference_sets() == [(cfg.dataset, cfg.resolution, cfg.split, cfg.fid_real),
+                                     ("pets", cfg.resolution, None, cfg.fid_real),
+                                     ("craters", cfg.resolution, "train", cfg.fid_real)]
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Here, before the device's first call: put the checkout on a throw-away branch that travels light (under 64 MiB with
-# the carried parts): figures/ and the data zips untracked and ignored in its .gitignore (the zips are carried by the
-# first call alone, and an ignored path stays there), the notebook's outputs cleared. `--undo` comes back to main.
+# the carried parts): figures/, data/fid-features/ and the data zips untracked and ignored in its .gitignore (the zips
+# are carried by the first call alone, and an ignored path stays there), the notebook's outputs cleared. `--undo` comes
+# back to main.
 #   usage: tools/gpu/branch.sh [--undo]
 set -eu
 cd "$(dirname "$0")/../.."
-IGNORED=(/figures/ /data/flowers102/flowers102-64.zip /data/pets/pets-64.zip /data/craters/craters-64.zip)
+IGNORED=(/figures/ /data/fid-features/ /data/flowers102/flowers102-64.zip /data/pets/pets-64.zip /data/craters/craters-64.zip)
 if [ "${1:-}" = --undo ]; then
     git checkout -q main && git branch -D gpu-run-tmp && git status --short
     exit
