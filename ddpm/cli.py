@@ -133,7 +133,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ddpm.weights import WEIGHTS_NAME, export_weights, verify
 
     dtype = {"fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    out = export_weights(args.checkpoint, args.out, dtype=dtype)
+    out = export_weights(args.checkpoint, args.out, dtype=dtype, guidance_scale=args.guidance_scale)
     names = verify(out)
     size = (out / WEIGHTS_NAME).stat().st_size
     print(f"wrote {out}: {', '.join(names)} and SHA256; {WEIGHTS_NAME} {size / 2**20:.1f} MiB ({args.dtype})")
@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder to write, e.g. weights/cpu-long")
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16",
                    help="how the weights are stored (default fp16)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="the folder's default guidance scale (default: the run's; e.g. the best of a guidance sweep)")
     p.add_argument("--check-samples", type=int, default=16,
                    help="compare this many samples of the run and of the folder (0: skip)")
     p.set_defaults(func=cmd_export)

@@ -66,10 +66,12 @@ def ema_state_dict(state: dict, dtype: torch.dtype | None = None, which: str = "
 
 
 def export_weights(run_dir: Path | str, out: Path | str, *, dtype: torch.dtype = torch.float16,
-                   which: str = "ema") -> Path:
+                   which: str = "ema", guidance_scale: float | None = None) -> Path:
     """Write the shipped folder `out` from the checkpoint of `run_dir` (a finished or partial run); which="ema2": its
-    second EMA (ema2_half_life_kimg), shipped as the folder's EMA. Every file is written atomically and SHA256 last,
-    so an interrupted export fails its check instead of loading half."""
+    second EMA (ema2_half_life_kimg), shipped as the folder's EMA; guidance_scale: the default scale the folder is
+    sampled with (a conditional run's best scale, measured after training, can differ from the one it trained with).
+    Every file is written atomically and SHA256 last, so an interrupted export fails its check instead of loading
+    half."""
     run_dir, out = Path(run_dir), Path(out)
     path = run_dir if run_dir.is_file() else run_dir / CHECKPOINT_NAME
     run_dir = path.parent
@@ -82,6 +84,12 @@ def export_weights(run_dir: Path | str, out: Path | str, *, dtype: torch.dtype =
     if which == "ema2":  # the folder's config describes the EMA it ships
         state["config"] = {**state["config"], "ema_half_life_kimg": state["config"]["ema2_half_life_kimg"],
                            "ema2_half_life_kimg": None}
+    if guidance_scale is not None:
+        if not state["config"].get("num_classes"):
+            raise ValueError(f"--guidance-scale: {path} is unconditional (num_classes=0); guidance needs labels")
+        if guidance_scale < 0:
+            raise ValueError(f"--guidance-scale must be 0 or more, got {guidance_scale}")
+        state["config"] = {**state["config"], "guidance_scale": float(guidance_scale)}
     if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
         raise CheckpointError(f"{path}: its EMA weights are not finite in {dtype} (too large for it?); nothing written")
     (out / SUMS_NAME).unlink(missing_ok=True)  # from here until the end, the folder reads as incomplete

@@ -159,3 +159,18 @@ def test_a_new_run_starts_from_a_shipped_folder_at_its_step(tiny_config, tmp_pat
     assert main(wider) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "ema.pt: its EMA weights do not fit the network" in err
+
+
+def test_export_can_set_the_folders_default_guidance_scale(conditional_run, tiny_config, tmp_path, capsys):
+    folder = weights.export_weights(conditional_run, tmp_path / "g2", guidance_scale=2)
+    shipped, run = load_run(folder), load_run(conditional_run)
+    assert (shipped.guidance_scale, run.guidance_scale) == (2.0, run.config.sampling_guidance)
+    assert json.loads((folder / "config.json").read_text())["guidance_scale"] == 2.0
+    assert shipped.guidance(4)["guidance_scale"] == 2.0  # what sample, fid and the notebook default to
+    assert weights.verify(folder)
+    # an unconditional run has no scale to set: one line from the CLI, nothing written
+    unconditional = tiny_config.replace(runs_dir=str(tmp_path / "plain"))
+    train(unconditional, verbose=False)
+    assert main(["export", "--checkpoint", str(unconditional.run_dir), "--out", str(tmp_path / "u"),
+                 "--guidance-scale", "2"]) == 2
+    assert "unconditional" in capsys.readouterr().err and not (tmp_path / "u" / weights.SUMS_NAME).exists()
