@@ -295,5 +295,5 @@ def plot_long_run_scores(scores: Sequence[dict], guidance: Sequence[dict], path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(_prepare(path), dpi=100)
+    fig.savefig(_prepare(path), dpi=80)
     return Path(path)
