@@ -273,10 +273,12 @@ def plot_long_run_scores(scores: Sequence[dict], guidance: Sequence[dict], path:
                             marker="o", capsize=3, label=label)
         axes[0, 1].plot(kimg, [r["fid"] for r in mine], marker="o", label=label)
     if scores:
-        axes[0, 0].set_title(f"EMA snapshots, guidance {scores[-1]['guidance_scale']:g}", fontsize=10)
+        scale = scores[-1]["guidance_scale"]  # None: an unconditional run
+        axes[0, 0].set_title("EMA snapshots" + ("" if scale is None else f", guidance {scale:g}"), fontsize=10)
     if guidance:
-        axes[1, 0].set_title(f"the final weights (step {guidance[-1]['step']:,}) against the guidance scale",
-                             fontsize=10)
+        step = guidance[-1].get("step")
+        axes[1, 0].set_title("the final weights" + ("" if step is None else f" (step {step:,})")
+                             + " against the guidance scale", fontsize=10)
     rows = sorted(guidance, key=lambda r: r["guidance_scale"])
     scales = [r["guidance_scale"] for r in rows]
     axes[1, 0].errorbar(scales, [1e3 * r["kid_mean"] for r in rows], yerr=[1e3 * r["kid_std"] for r in rows],
