@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm.config import display_path, get_config, resolve_path  # noqa: E402
-from ddpm.weights import LONG_RUN_RESULTS, LONG_RUN_WEIGHTS  # noqa: E402
+from ddpm.weights import LONG_RUN_RESULTS, LONG_RUN_WEIGHTS, read_json_lines  # noqa: E402
 
 STORE = resolve_path(LONG_RUN_RESULTS)
 SCORES, GUIDANCE, NEAREST = STORE / "scores.jsonl", STORE / "guidance.jsonl", STORE / "nearest.json"
@@ -53,12 +53,8 @@ def snapshots(run_dir: Path, every_kimg: float | None = None, kimg: list[float] 
     return chosen
 
 
-def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def read_scores() -> list[dict]:
-    return read_lines(SCORES)
+    return read_json_lines(SCORES)
 
 
 def cmd_score(args) -> int:
@@ -101,7 +97,7 @@ def cmd_curve(args) -> int:
     rows = read_scores()
     if not rows:
         raise SystemExit(f"no scores in {display_path(SCORES)}: run `score` first")
-    print(display_path(plot_long_run_scores(rows, read_lines(GUIDANCE), resolve_path(args.out))))
+    print(display_path(plot_long_run_scores(rows, read_json_lines(GUIDANCE), resolve_path(args.out))))
     return 0
 
 

@@ -142,12 +142,12 @@ def _long_run_lines(figures: Path, relative: str, hardware: str) -> list[str]:
     """The README's lead: the long run's grid and denoising GIF (as the notebook drew them) and its stored scores at
     its guidance scale (benchmarks/long-run/); nothing when the notebook has not drawn them."""
     from ddpm.train import load_run
-    from ddpm.weights import LONG_RUN_WEIGHTS, long_run_results
+    from ddpm.weights import LONG_RUN_RESULTS, LONG_RUN_WEIGHTS, long_run_results
 
     if not (figures / "grid-cpu-long-seed123.png").is_file():
         return []
     run = load_run(REPO_ROOT / LONG_RUN_WEIGHTS)
-    stored = long_run_results(REPO_ROOT / "benchmarks" / "long-run")
+    stored = long_run_results(REPO_ROOT / LONG_RUN_RESULTS)
     lines = [f"### Flowers from the long CPU run (`{LONG_RUN_WEIGHTS}`)", "",
              f"32 samples of the shipped weights ({run.images_seen:,} images of training, {run.seconds / 3600:.1f} h "
              f"on {hardware}; DPM-Solver++(2M) 20 steps, guidance {run.guidance_scale:g}, seed 123), and eight of "

@@ -142,7 +142,8 @@ def load_weights_file(folder: Path | str, map_location="cpu") -> dict:
     return state
 
 
-def _json_lines(path: Path) -> list[dict]:
+def read_json_lines(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file (blank lines skipped); [] when it does not exist."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
@@ -151,5 +152,5 @@ def long_run_results(folder: Path | str = LONG_RUN_RESULTS) -> dict:
     floor), "guidance": one row per guidance scale of the shipped weights, "nearest": the memorisation check or None}."""
     folder = resolve_path(folder)
     nearest = folder / "nearest.json"
-    return {"scores": _json_lines(folder / "scores.jsonl"), "guidance": _json_lines(folder / "guidance.jsonl"),
+    return {"scores": read_json_lines(folder / "scores.jsonl"), "guidance": read_json_lines(folder / "guidance.jsonl"),
             "nearest": json.loads(nearest.read_text()) if nearest.is_file() else None}
