@@ -3,13 +3,14 @@
     .venv/bin/python -m ddpm train --profile cpu-long             # writes a snapshot every 100k images
     .venv/bin/python benchmarks/long_run.py score                 # every snapshot not yet scored: pause training first
     .venv/bin/python benchmarks/long_run.py score --kimg 200 400 800 --half-life 10   # only these
+    .venv/bin/python benchmarks/long_run.py score --kimg 200 400 800 1600 --half-life 10 --guidance-scale 2
     .venv/bin/python benchmarks/guidance.py --run weights/cpu-long --scales 0 1 2 3 4 --num 1024 \
         --out benchmarks/long-run/guidance.jsonl                  # the shipped weights against the guidance scale
     .venv/bin/python benchmarks/long_run.py nearest               # the memorisation check of the shipped weights
     .venv/bin/python benchmarks/long_run.py curve                 # both curves, as a PNG
 
 Protocol: the snapshot's EMA weights (both half-lives of the run), DPM-Solver++(2M) with 20 steps at the run's guidance
-scale, labels drawn with the data's label frequencies, 1024 generated images against all 8189 real flowers at 32 px,
+scale (or --guidance-scale), labels drawn with the data's label frequencies, 1024 generated images against all 8189 real flowers at 32 px,
 KID (mean ± std over subsets) and FID; the floor: 1024 real flowers held out of the reference, scored the same way.
 guidance.py scores the shipped weights by the same protocol at each scale. Everything lands in benchmarks/long-run/
 (tracked), which the notebook reads, so the curves outlive the run folder. Scoring shares the cores with training: on
@@ -53,6 +54,13 @@ def snapshots(run_dir: Path, every_kimg: float | None = None, kimg: list[float] 
     return chosen
 
 
+def _scale(folder: Path, guidance_scale: float | None) -> float | None:
+    """The guidance scale a snapshot is scored at: the one asked for, else its run's (None: unconditional)."""
+    from ddpm.train import load_run
+
+    return guidance_scale if guidance_scale is not None else load_run(folder).guidance_scale
+
+
 def read_scores() -> list[dict]:
     return read_json_lines(SCORES)
 
@@ -62,8 +70,9 @@ def cmd_score(args) -> int:
     from ddpm.train import load_run
 
     run_dir = Path(args.run_dir) if args.run_dir else get_config(args.profile, use_env=False).run_dir
-    done = {row["snapshot"] for row in read_scores()}
-    todo = [f for f in snapshots(run_dir, args.every, args.kimg, args.half_life) if f.name not in done]
+    done = {(row["snapshot"], row["guidance_scale"]) for row in read_scores()}  # a snapshot once at each scale
+    todo = [f for f in snapshots(run_dir, args.every, args.kimg, args.half_life)
+            if (f.name, _scale(f, args.guidance_scale)) not in done]
     if not todo:
         print(f"every snapshot of {display_path(run_dir)} is scored", flush=True)
         return 0
@@ -76,7 +85,7 @@ def cmd_score(args) -> int:
         run = load_run(folder)
         result = evaluate_run(folder, num_samples=NUM_GENERATED, sampler=SAMPLER, steps=STEPS, num_real=NUM_REAL,
                               batch_size=64, device="cpu", feature=feature, progress=args.progress,
-                              cache_dir=CACHE_DIR)
+                              cache_dir=CACHE_DIR, guidance_scale=args.guidance_scale)
         row = {"snapshot": folder.name, "kimg": run.images_seen / 1000,
                "ema_half_life_kimg": run.config.ema_half_life_kimg, "guidance_scale": result["guidance_scale"],
                "kid_mean": result["kid_mean"], "kid_std": result["kid_std"], "fid": result["fid"],
@@ -154,6 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=float, default=None, help="only snapshots at multiples of this many kimg")
     p.add_argument("--kimg", type=float, nargs="+", default=None, help="only snapshots at these thousands of images")
     p.add_argument("--half-life", type=float, default=None, help="only the EMA of this half-life (thousand images)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="sample at this scale (default: the run's); a snapshot is scored once at each scale")
     p.add_argument("--progress", action="store_true")
     p.set_defaults(func=cmd_score)
     p = sub.add_parser("curve", help="KID and FID against images seen, as a PNG")

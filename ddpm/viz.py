@@ -260,21 +260,24 @@ def save_noising_rows(rows: dict[str, torch.Tensor], path: Path | str) -> Path:
 
 
 def plot_long_run_scores(scores: Sequence[dict], guidance: Sequence[dict], path: Path | str) -> Path:
-    """A long run's scores: KID and FID against images seen (one line per EMA half-life, from snapshot scores) on top,
-    and against the guidance scale (one run's sweep) below; the real-vs-real floor of the same protocol dashed. Rows
-    are benchmarks/long_run.py's and benchmarks/guidance.py's JSON lines."""
+    """A long run's scores: KID and FID against images seen (one line per EMA half-life and guidance scale, from
+    snapshot scores) on top, and against the guidance scale (one run's sweep) below; the real-vs-real floor of the
+    same protocol dashed. Rows are benchmarks/long_run.py's and benchmarks/guidance.py's JSON lines."""
     fig = Figure(figsize=(10, 7))
     axes = fig.subplots(2, 2)
     floor = next((r for r in reversed(scores) if "floor_kid_mean" in r), None)
-    for half_life in sorted({r["ema_half_life_kimg"] for r in scores}):
-        mine = sorted((r for r in scores if r["ema_half_life_kimg"] == half_life), key=lambda r: r["kimg"])
-        kimg, label = [r["kimg"] for r in mine], f"EMA half-life {half_life:g}k images"
+    lines = sorted({(r["ema_half_life_kimg"], r["guidance_scale"]) for r in scores},
+                   key=lambda line: (line[0], -1 if line[1] is None else line[1]))
+    for half_life, scale in lines:
+        mine = sorted((r for r in scores if (r["ema_half_life_kimg"], r["guidance_scale"]) == (half_life, scale)),
+                      key=lambda r: r["kimg"])
+        kimg = [r["kimg"] for r in mine]
+        label = f"EMA half-life {half_life:g}k images" + ("" if scale is None else f", guidance {scale:g}")
         axes[0, 0].errorbar(kimg, [1e3 * r["kid_mean"] for r in mine], yerr=[1e3 * r["kid_std"] for r in mine],
                             marker="o", capsize=3, label=label)
         axes[0, 1].plot(kimg, [r["fid"] for r in mine], marker="o", label=label)
     if scores:
-        scale = scores[-1]["guidance_scale"]  # None: an unconditional run
-        axes[0, 0].set_title("EMA snapshots" + ("" if scale is None else f", guidance {scale:g}"), fontsize=10)
+        axes[0, 0].set_title("EMA snapshots", fontsize=10)
     if guidance:
         step = guidance[-1].get("step")
         axes[1, 0].set_title("the final weights" + ("" if step is None else f" (step {step:,})")
@@ -282,8 +285,8 @@ def plot_long_run_scores(scores: Sequence[dict], guidance: Sequence[dict], path:
     rows = sorted(guidance, key=lambda r: r["guidance_scale"])
     scales = [r["guidance_scale"] for r in rows]
     axes[1, 0].errorbar(scales, [1e3 * r["kid_mean"] for r in rows], yerr=[1e3 * r["kid_std"] for r in rows],
-                        marker="o", capsize=3, color="C2", label="shipped weights")
-    axes[1, 1].plot(scales, [r["fid"] for r in rows], marker="o", color="C2", label="shipped weights")
+                        marker="o", capsize=3, color="C4", label="shipped weights")
+    axes[1, 1].plot(scales, [r["fid"] for r in rows], marker="o", color="C4", label="shipped weights")
     for (row, col), what, x in (((0, 0), "KID x 1e3", "thousands of images seen"),
                                 ((0, 1), "FID", "thousands of images seen"),
                                 ((1, 0), "KID x 1e3", "guidance scale (0: unconditional, 1: conditional, unguided)"),

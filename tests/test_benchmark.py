@@ -100,7 +100,7 @@ def test_long_run_scores_each_snapshot_once_and_draws_the_curve(tmp_path, monkey
         monkeypatch.setattr(long_run, name, value)
     config = get_config("smoke", use_env=False, base_channels=8, limit_images=16, batch_size=4, train_steps=6,
                         progress=False, runs_dir=str(tmp_path / "runs"), snapshot_every_kimg=0.012,
-                        ema2_half_life_kimg=0.1)
+                        ema2_half_life_kimg=0.1, num_classes=102, guidance_scale=4.0)
     train(config, verbose=False)
     args = ["score", "--run-dir", str(config.run_dir)]
     assert long_run.main([*args, "--every", "0.024"]) == 0  # only the snapshot at 24 images, both EMAs
@@ -113,6 +113,14 @@ def test_long_run_scores_each_snapshot_once_and_draws_the_curve(tmp_path, monkey
     assert all(r["num_generated"] == 8 and r["num_real"] == 32 and r["kid_std"] > 0 for r in rows)
     assert long_run.main([*args, "--kimg", "0.012", "0.024", "--half-life", "0.05"]) == 0  # all scored already
     assert len(long_run.read_scores()) == 4
+    assert {r["guidance_scale"] for r in rows} == {4.0}  # the run's own scale
+    # At another scale each snapshot is new once: the same weights, sampled otherwise, score otherwise
+    assert long_run.main([*args, "--every", "0.024", "--half-life", "0.05", "--guidance-scale", "2"]) == 0
+    assert long_run.main([*args, "--every", "0.024", "--half-life", "0.05", "--guidance-scale", "2"]) == 0
+    rows = long_run.read_scores()
+    assert [(r["kimg"], r["guidance_scale"]) for r in rows[4:]] == [(0.024, 2.0)]
+    at_4 = next(r for r in rows if (r["kimg"], r["ema_half_life_kimg"], r["guidance_scale"]) == (0.024, 0.05, 4.0))
+    assert rows[4]["snapshot"] == at_4["snapshot"] and rows[4]["fid"] != at_4["fid"]
     (store / "guidance.jsonl").write_text("".join(json.dumps({**rows[0], "guidance_scale": g}) + "\n" for g in (0, 1)))
     assert long_run.main(["curve", "--out", str(tmp_path / "curve.png")]) == 0
     assert (tmp_path / "curve.png").stat().st_size > 10_000
