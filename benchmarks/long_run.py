@@ -9,12 +9,12 @@
     .venv/bin/python benchmarks/long_run.py nearest               # the memorisation check of the shipped weights
     .venv/bin/python benchmarks/long_run.py curve                 # both curves, as a PNG
 
-Protocol: the snapshot's EMA weights (both half-lives of the run), DPM-Solver++(2M) with 20 steps at the run's guidance
-scale (or --guidance-scale), labels drawn with the data's label frequencies, 1024 generated images against all 8189 real flowers at 32 px,
-KID (mean ± std over subsets) and FID; the floor: 1024 real flowers held out of the reference, scored the same way.
-guidance.py scores the shipped weights by the same protocol at each scale. Everything lands in benchmarks/long-run/
-(tracked), which the notebook reads, so the curves outlive the run folder. Scoring shares the cores with training: on
-two cores, never run both at once.
+Protocol: the snapshot's EMA weights (both half-lives of the run), DPM-Solver++(2M) with 20 steps at the run's
+guidance scale (or --guidance-scale), labels drawn with the data's label frequencies, 1024 generated images against
+all 8189 real flowers at 32 px, KID (mean ± std over subsets) and FID; the floor: 1024 real flowers held out of the
+reference, scored the same way. guidance.py scores the shipped weights by the same protocol at each scale. Everything
+lands in benchmarks/long-run/ (tracked), which the notebook reads, so the curves outlive the run folder. Scoring
+shares the cores with training: on two cores, never run both at once.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ CACHE_DIR = None  # where the real images' features are cached (None: data/.cach
 
 
 def snapshots(run_dir: Path, every_kimg: float | None = None, kimg: list[float] | None = None,
-              half_life: float | None = None) -> list[Path]:
-    """The run's snapshot folders (both EMAs), oldest first; with every_kimg, only those at its multiples; with kimg,
-    only those at these thousands of images; with half_life, only that EMA's."""
+              half_life: float | None = None) -> list:
+    """The run's snapshots (both EMAs) as loaded runs, oldest first; with every_kimg, only those at its multiples;
+    with kimg, only those at these thousands of images; with half_life, only that EMA's."""
     from ddpm.train import load_run
 
     chosen = []
@@ -50,15 +50,8 @@ def snapshots(run_dir: Path, every_kimg: float | None = None, kimg: list[float] 
         seen = run.images_seen / 1000
         if ((not every_kimg or seen % every_kimg == 0) and (not kimg or seen in kimg)
                 and (half_life is None or run.config.ema_half_life_kimg == half_life)):
-            chosen.append(folder)
+            chosen.append(run)
     return chosen
-
-
-def _scale(folder: Path, guidance_scale: float | None) -> float | None:
-    """The guidance scale a snapshot is scored at: the one asked for, else its run's (None: unconditional)."""
-    from ddpm.train import load_run
-
-    return guidance_scale if guidance_scale is not None else load_run(folder).guidance_scale
 
 
 def read_scores() -> list[dict]:
@@ -67,26 +60,25 @@ def read_scores() -> list[dict]:
 
 def cmd_score(args) -> int:
     from ddpm.metrics import InceptionFeatures, evaluate_run, real_floor
-    from ddpm.train import load_run
 
     run_dir = Path(args.run_dir) if args.run_dir else get_config(args.profile, use_env=False).run_dir
     done = {(row["snapshot"], row["guidance_scale"]) for row in read_scores()}  # a snapshot once at each scale
-    todo = [f for f in snapshots(run_dir, args.every, args.kimg, args.half_life)
-            if (f.name, _scale(f, args.guidance_scale)) not in done]
+    todo = [run for run in snapshots(run_dir, args.every, args.kimg, args.half_life)  # at the run's scale by default
+            if (run.run_dir.name, args.guidance_scale if args.guidance_scale is not None else run.guidance_scale)
+            not in done]
     if not todo:
         print(f"every snapshot of {display_path(run_dir)} is scored", flush=True)
         return 0
-    config = load_run(todo[0]).config
+    config = todo[0].config
     feature = InceptionFeatures()
     floor = real_floor(config.dataset, config.resolution, num_held_out=NUM_GENERATED, num_real=NUM_REAL,
                        feature=feature, device="cpu", progress=args.progress, cache_dir=CACHE_DIR)
-    for folder in todo:
+    for run in todo:
         start = time.perf_counter()
-        run = load_run(folder)
-        result = evaluate_run(folder, num_samples=NUM_GENERATED, sampler=SAMPLER, steps=STEPS, num_real=NUM_REAL,
+        result = evaluate_run(run.run_dir, num_samples=NUM_GENERATED, sampler=SAMPLER, steps=STEPS, num_real=NUM_REAL,
                               batch_size=64, device="cpu", feature=feature, progress=args.progress,
                               cache_dir=CACHE_DIR, guidance_scale=args.guidance_scale)
-        row = {"snapshot": folder.name, "kimg": run.images_seen / 1000,
+        row = {"snapshot": run.run_dir.name, "kimg": run.images_seen / 1000,
                "ema_half_life_kimg": run.config.ema_half_life_kimg, "guidance_scale": result["guidance_scale"],
                "kid_mean": result["kid_mean"], "kid_std": result["kid_std"], "fid": result["fid"],
                "floor_kid_mean": floor["kid_mean"], "floor_kid_std": floor["kid_std"], "floor_fid": floor["fid"],

