@@ -43,20 +43,27 @@ NOTEBOOK_RENDER_S = 60.0
 
 
 @functools.cache
-def network_flops(config: Config, train: bool = False) -> float:
-    """FLOPs per image of the config's network at its resolution: one forward pass, or (train=True) a forward and a
-    backward pass. Counted by FlopCounterMode on the real network, built on the meta device."""
+def network_flops(config: Config, train: bool = False, size: int | None = None) -> float:
+    """FLOPs per image of the config's network at its resolution (or `size`): one forward pass, or (train=True) a
+    forward and a backward pass. Counted by FlopCounterMode on the real network, built on the meta device."""
     from ddpm.train import build_model
 
     with torch.device("meta"):
         model = build_model(config)
-        x = torch.zeros(2, 3, config.resolution, config.resolution)
+        x = torch.zeros(2, 3, size or config.resolution, size or config.resolution)
         t = torch.zeros(2, dtype=torch.long)
+        stage = dict(cond=torch.zeros_like(x), cond_t=t) if config.lowres else {}  # a super-resolution stage
     with FlopCounterMode(display=False) as counter:
-        out = model(x, t)
+        out = model(x, t, **stage)
         if train:
             out.float().square().mean().backward()
     return counter.get_total_flops() / 2
+
+
+def training_flops(config: Config) -> float:
+    """Training FLOPs per image of the config's network: a forward and backward pass at its training size (a
+    super-resolution stage's crop, with its low-resolution input)."""
+    return network_flops(config, train=True, size=config.train_resolution)
 
 
 @functools.cache

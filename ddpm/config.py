@@ -51,6 +51,7 @@ class Config:
     attention_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
     scale_shift_norm: bool = True  # AdaGN: t sets a scale and shift of each block's second GroupNorm (improved UNet)
+    mid_attention: bool = True  # self-attention between the middle blocks (off: a fully convolutional network)
     # Class conditioning (improved UNet): a learned label embedding added to the time embedding, plus one null label
     # that training uses with probability label_dropout, so one network is both conditional and unconditional and can
     # be sampled with classifier-free guidance (Ho & Salimans 2022). 0 classes: an unconditional network.
@@ -68,6 +69,22 @@ class Config:
     # Which noise levels training draws: "uniform" t (Ho et al.), or "lognormal": EDM's log-normal density of sigma
     # with its loss weight (Karras et al. 2022), written over the discrete t (ddpm/diffusion.py).
     noise_sampling: str = "uniform"
+    # Shift of the schedule's log-SNR, ln(alpha-bar / (1 - alpha-bar)) + shift at every t: simple diffusion
+    # (Hoogeboom et al. 2023) lowers it by 2 ln(2) when the image side doubles, so that a 2x2 average of x_t has the
+    # SNR a half-size image had at the same t
+    log_snr_shift: float = 0.0
+    # A new run whose network starts from the EMA weights of this shipped folder (ddpm/weights.py), trained at another
+    # resolution (the same network: it is convolutional), at step 0; part of the config, so a resume checks it
+    grow_from: str | None = None
+    # Super-resolution stage of a cascade (Ho et al. 2021, ddpm/cascade.py): the network also sees the image at
+    # `lowres` px, upsampled and concatenated to x_t, noised to an augmentation level it is told (uniform in
+    # 0..aug_max_t while training; aug_t when sampling). `base`: the shipped folder that samples the low-resolution
+    # images. `crop`: it trains on random crops of this size (None: whole images).
+    lowres: int | None = None
+    base: str | None = None
+    crop: int | None = None
+    aug_max_t: int = 300
+    aug_t: int = 100
     # optimisation
     batch_size: int = 128
     lr: float = 2e-4
@@ -135,11 +152,39 @@ class Config:
             raise ValueError("num_classes: the baseline UNet is unconditional; class conditioning needs model='unet'")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        self._check_stage()
         if self.fid_ddpm_samples == 1 or self.fid_ddpm_samples < 0:
             raise ValueError(f"fid_ddpm_samples must be 0 (no DDPM row) or at least 2, got {self.fid_ddpm_samples}")
         for name in ("fid_samples", "fid_compare_samples", "solver_steps"):
             if getattr(self, name) < (2 if name.startswith("fid") else 1):
                 raise ValueError(f"{name} must be at least {2 if name.startswith('fid') else 1}, got {getattr(self, name)}")
+
+    def _check_stage(self) -> None:
+        """A super-resolution stage's fields: a lower resolution that divides this one, a crop the network can halve."""
+        if self.lowres is None:
+            for name in ("base", "crop"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} belongs to a super-resolution stage: set lowres (e.g. 32) too")
+            return
+        if self.model != "unet":
+            raise ValueError("lowres: a super-resolution stage needs model='unet'")
+        if not 0 < self.lowres < self.resolution or self.resolution % self.lowres:
+            raise ValueError(f"lowres must be below resolution={self.resolution} and divide it, got {self.lowres}")
+        if not 0 <= self.aug_t <= self.aug_max_t < self.timesteps:
+            raise ValueError(f"need 0 <= aug_t <= aug_max_t < timesteps={self.timesteps}, got aug_t={self.aug_t}, "
+                             f"aug_max_t={self.aug_max_t}")
+        halvings = 2 ** (len(self.channel_mult) - 1)
+        if self.crop is not None and (not 0 < self.crop <= self.resolution or self.crop % halvings):
+            raise ValueError(f"crop must be at most resolution={self.resolution} and a multiple of {halvings} "
+                             f"(channel_mult={self.channel_mult}), got {self.crop}")
+        if self.crop is not None and self.crop < self.resolution and (self.mid_attention or self.attention_resolutions):
+            raise ValueError("crop: a network trained on crops must be fully convolutional (mid_attention=False, no "
+                             "attention_resolutions): attention would see fewer pixels than at sampling")
+
+    @property
+    def train_resolution(self) -> int:
+        """The side of the training images: the crop of a super-resolution stage, else the resolution."""
+        return self.crop or self.resolution
 
     @property
     def total_steps(self) -> int:
@@ -292,6 +337,22 @@ PROFILES["cpu-long"] = dict(
     PROFILES["cpu"], train_steps=None, train_kimg=1600.0, ema_half_life_kimg=10.0, ema2_half_life_kimg=50.0,
     snapshot_every_kimg=100.0, log_every=100, checkpoint_every=500, sample_every=3125,
 )
+
+
+# 64 px from the two CPU cores (issue 30). Three routes, screened at equal training FLOPs by benchmarks/route64.py:
+# - cpu64-scratch, the control: the cpu recipe with one more level (32 channels at 64 px), so the middle stays 8x8;
+# - cpu64-grown: the 32 px network of weights/cpu-long fine-tuned at 64 px, its noise schedule shifted by
+#   -2 ln(64/32) in log-SNR (simple diffusion, Hoogeboom et al. 2023), so a 2x2 average sees the noise it knew;
+# - cpu64-sr: a 32 -> 64 super-resolution stage after weights/cpu-long (a cascade, Ho et al. 2021), trained on 32 px
+#   crops with noise-conditioning augmentation; attention-free, so crops and whole images see the same network.
+# train_kimg is the screen's: the same FLOPs for every route (route64.py counts them).
+_CPU64 = dict(PROFILES["cpu"], resolution=64, train_steps=None, ema_half_life_kimg=5.0, log_every=50,
+              checkpoint_every=250, sample_every=1000, sample_steps=25, fid_samples=512, fid_compare_samples=512,
+              fid_real=None, guidance_scale=2.0)
+PROFILES["cpu64-scratch"] = dict(_CPU64, channel_mult=(1, 1, 2, 2), train_kimg=72.0)
+PROFILES["cpu64-grown"] = dict(_CPU64, log_snr_shift=-2 * math.log(2), grow_from="weights/cpu-long", warmup_steps=100,
+                               train_kimg=47.0)
+PROFILES["cpu64-sr"] = dict(_CPU64, lowres=32, crop=32, base="weights/cpu-long", mid_attention=False, train_kimg=180.0)
 
 
 def default_profile() -> str:

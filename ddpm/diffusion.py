@@ -44,12 +44,23 @@ def cosine_beta_schedule(timesteps: int, s: float = 0.008, max_beta: float = 0.9
     return betas.clamp(max=max_beta)
 
 
-def make_betas(schedule: str, timesteps: int) -> torch.Tensor:
+def make_betas(schedule: str, timesteps: int, log_snr_shift: float = 0.0) -> torch.Tensor:
     if schedule == "linear":
-        return linear_beta_schedule(timesteps)
-    if schedule == "cosine":
-        return cosine_beta_schedule(timesteps)
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        betas = linear_beta_schedule(timesteps)
+    elif schedule == "cosine":
+        betas = cosine_beta_schedule(timesteps)
+    else:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return shift_log_snr(betas, log_snr_shift) if log_snr_shift else betas
+
+
+def shift_log_snr(betas: torch.Tensor, shift: float) -> torch.Tensor:
+    """The betas whose alpha-bar has log-SNR ln(alpha-bar / (1 - alpha-bar)) + shift at every t (simple diffusion,
+    Hoogeboom et al. 2023: shift = -2 ln(d / 64) for images of side d on a schedule made for 64 px; here, on the 32 px
+    cosine schedule, -2 ln(64 / 32) for 64 px). alpha-bar = sigmoid(log-SNR), in float64."""
+    alpha_bar = torch.cumprod(1 - betas, dim=0)
+    shifted = torch.sigmoid(torch.logit(alpha_bar) + shift)
+    return 1 - shifted / F.pad(shifted[:-1], (1, 0), value=1.0)
 
 
 def min_snr_weight(alpha_bar: torch.Tensor, prediction: str, gamma: float | None) -> torch.Tensor:
@@ -107,7 +118,7 @@ class GaussianDiffusion(nn.Module):
 
     def __init__(
         self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps", min_snr_gamma: float | None = None,
-        noise_sampling: str = "uniform",
+        noise_sampling: str = "uniform", log_snr_shift: float = 0.0,
     ):
         super().__init__()
         if timesteps < 2:
@@ -125,8 +136,9 @@ class GaussianDiffusion(nn.Module):
         self.prediction = prediction
         self.min_snr_gamma = min_snr_gamma
         self.noise_sampling = noise_sampling
+        self.log_snr_shift = log_snr_shift
 
-        betas = make_betas(schedule, timesteps)
+        betas = make_betas(schedule, timesteps, log_snr_shift)
         alphas = 1 - betas
         alpha_bar = torch.cumprod(alphas, dim=0)
         alpha_bar_prev = F.pad(alpha_bar[:-1], (1, 0), value=1.0)

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ddpm.cascade import Cascade
 from ddpm.data import to_uint8
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import compile_module
@@ -77,23 +78,30 @@ def generate(
     labels, guidance_scale = _check_labels(model, num_images, labels, guidance_scale)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    net = compiled(model) if compile else model
+    cascade = isinstance(model, Cascade)  # a base and a super-resolution stage: noise at the base's size
+    net = compiled(model) if compile and not cascade else model
+    noise_size = model.noise_size if cascade else size
     batch = min(batch_size, num_images)
     batches = range(math.ceil(num_images / batch))
     out = []
     for i in progress_bar(batches, desc=f"{sampler} batches", disable=not progress or len(batches) < 2):
         generator = torch.Generator(device=device).manual_seed(seed + i)
-        noise = torch.randn((batch, 3, size, size), device=device, generator=generator)
-        step_model = net
+        noise = torch.randn((batch, 3, noise_size, noise_size), device=device, generator=generator)
+        step_model, batch_labels = net, None
         if labels is not None:  # this batch's labels (the surplus images of the last one take the first labels)
             batch_labels = labels[torch.arange(i * batch, (i + 1) * batch) % num_images]
-            step_model = guided(net, batch_labels.to(device), guidance_scale)
+            step_model = net if cascade else guided(net, batch_labels.to(device), guidance_scale)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            x = diffusion.sample(
-                step_model, noise.shape, sampler=sampler, steps=None if sampler == "ddpm" else steps, eta=eta,
-                noise=noise.contiguous(memory_format=memory_format), generator=generator, device=device,
-                progress=progress and len(batches) < 2,
-            )
+            if cascade:
+                x = model.sample(noise.contiguous(memory_format=memory_format), batch_labels, guidance_scale,
+                                 sampler=sampler, steps=None if sampler == "ddpm" else steps, eta=eta,
+                                 generator=generator, device=device)
+            else:
+                x = diffusion.sample(
+                    step_model, noise.shape, sampler=sampler, steps=None if sampler == "ddpm" else steps, eta=eta,
+                    noise=noise.contiguous(memory_format=memory_format), generator=generator, device=device,
+                    progress=progress and len(batches) < 2,
+                )
         out.append(to_uint8(x.float()).cpu())
     return torch.cat(out)[:num_images]
 

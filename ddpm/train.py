@@ -28,8 +28,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpm import data as ddpm_data
-from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint, load_weights
-from ddpm.config import RUNTIME_FIELDS, Config, display_path
+from ddpm.cascade import Cascade, augment, stage_batch
+from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, first_mismatch, load_checkpoint, load_weights
+from ddpm.config import RUNTIME_FIELDS, Config, display_path, resolve_path
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_mean, barrier, compile_module,
                               init_distributed)
@@ -57,6 +58,8 @@ def build_model(config: Config) -> nn.Module:
         dropout=config.dropout,
         scale_shift_norm=config.scale_shift_norm,
         num_classes=config.num_classes,
+        mid_attention=config.mid_attention,
+        cond_channels=3 if config.lowres else 0,
     )
 
 
@@ -68,7 +71,7 @@ def count_config_parameters(config: Config) -> int:
 
 def build_diffusion(config: Config) -> GaussianDiffusion:
     return GaussianDiffusion(config.timesteps, config.schedule, config.prediction, min_snr_gamma=config.min_snr_gamma,
-                             noise_sampling=config.noise_sampling)
+                             noise_sampling=config.noise_sampling, log_snr_shift=config.log_snr_shift)
 
 
 def warmup_lambda(warmup_steps: int):
@@ -116,6 +119,8 @@ class TrainLoop:
             config.dataset, config.resolution, limit=config.limit_images, split=config.split
         )
         self.images = data.images.to(self.device)
+        # A super-resolution stage also sees each image at the base's resolution, made by the same loader
+        self.lowres_images = self.load_lowres(data).to(self.device) if config.lowres else None
         # Conditional runs: each image's class index, and the mapping from indices to the dataset's labels.
         self.classes = Classes.from_data(data, config.num_classes) if config.num_classes else None
         self.class_index = self.classes.indices(data.labels).to(self.device) if self.classes else None
@@ -125,6 +130,9 @@ class TrainLoop:
         if config.channels_last:  # NHWC: faster on CUDA, and on the CPU too (benchmarks/memory_format.py)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.diffusion = build_diffusion(config).to(self.device)
+        grown = None
+        if config.grow_from and not (self.run_dir / CHECKPOINT_NAME).exists():
+            grown = self.grow_from(resolve_path(config.grow_from))  # before the EMAs: they start as copies of it
         self.ema = EMA(self.model, config.ema_half_life_kimg, config.ema_rampup)
         self.ema2 = EMA(self.model, config.ema2_half_life_kimg, config.ema_rampup) if config.ema2_half_life_kimg else None
         # Fused AdamW (CPU and CUDA) reads `found_inf` on the device and skips the whole update when it is 1: a step
@@ -161,6 +169,8 @@ class TrainLoop:
             if self.classes:
                 classes_path(self.run_dir).write_text(json.dumps(self.classes.to_list(), indent=1) + "\n")
         barrier(self.dist)
+        if grown:
+            self.log(grown)
         if init_from is not None and not self.checkpoint_path.exists():
             self.start_from(Path(init_from))
 
@@ -174,33 +184,60 @@ class TrainLoop:
         if self.verbose:
             print(message, flush=True)
 
-    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(x0, t, noise, labels) for this rank: its slice of one global batch drawn from the shared generator.
+    def load_lowres(self, data: "ddpm_data.ImageData") -> torch.Tensor:
+        """The training images at the stage's lowres, decoded by the loader that made the base's: the same files in
+        the same order as `data`, or one error line."""
+        cfg = self.config
+        low = ddpm_data.load_images(cfg.dataset, cfg.lowres, limit=cfg.limit_images, split=cfg.split)
+        if low.files != data.files:
+            raise ValueError(f"lowres={cfg.lowres}: {cfg.dataset!r} at {cfg.lowres} px holds other images than at "
+                             f"{cfg.resolution} px ({len(low)} vs {len(data)})")
+        return low.images
+
+    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
+        """(x0, t, noise, labels, stage) for this rank: its slice of one global batch drawn from the shared generator.
         labels (conditional runs only, else None): the images' class indices, each replaced by the null label
-        (num_classes) with probability label_dropout, which trains the unconditional model guidance needs."""
-        b, g = self.config.batch_size, self.generator
+        (num_classes) with probability label_dropout, which trains the unconditional model guidance needs.
+        stage (a super-resolution stage only, else {}): the network's cond and cond_t, the upsampled low-resolution
+        image noised to a level drawn uniformly in 0..aug_max_t."""
+        cfg, b, g = self.config, self.config.batch_size, self.generator
         index = torch.randint(0, self.images.shape[0], (b,), device=self.device, generator=g)
-        x0 = ddpm_data.to_model_input(self.images[index], flip=self.config.flip, generator=g)
+        if self.lowres_images is None:
+            x0 = ddpm_data.to_model_input(self.images[index], flip=cfg.flip, generator=g)
+        else:
+            x0, low_up = stage_batch(self.images[index], self.lowres_images[index], flip=cfg.flip, crop=cfg.crop,
+                                     generator=g)
         t = self.diffusion.sample_timesteps(b, device=self.device, generator=g)
         noise = torch.randn(x0.shape, device=self.device, generator=g)
         labels = None
         if self.class_index is not None:
-            dropped = torch.rand(b, device=self.device, generator=g) < self.config.label_dropout
-            labels = torch.where(dropped, self.config.num_classes, self.class_index[index])
+            dropped = torch.rand(b, device=self.device, generator=g) < cfg.label_dropout
+            labels = torch.where(dropped, cfg.num_classes, self.class_index[index])
+        stage = {}
+        if self.lowres_images is not None:
+            level = torch.randint(0, cfg.aug_max_t + 1, (b,), device=self.device, generator=g)
+            aug_noise = torch.randn(x0.shape, device=self.device, generator=g)
+            stage = {"cond": augment(self.diffusion, low_up, level, aug_noise), "cond_t": level}
         if self.dist.enabled:
             part = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
             x0, t, noise = x0[part], t[part], noise[part]
             labels = None if labels is None else labels[part]
-        if self.config.channels_last:
+            stage = {k: v[part] for k, v in stage.items()}
+        if cfg.channels_last:
             x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
-        return x0, t, noise, labels
+            if stage:
+                stage["cond"] = stage["cond"].contiguous(memory_format=torch.channels_last)
+        return x0, t, noise, labels, stage
 
     def train_step(self) -> None:
         """One step of Algorithm 1. A step whose gradient norm is not finite changes nothing but the counters."""
         self.in_step = True
-        x0, t, noise, labels = self.draw_batch()
+        x0, t, noise, labels, stage = self.draw_batch()
+        model = self.train_model
+        if stage:  # a super-resolution stage also sees its noised low-resolution image
+            model = lambda x, t, labels=None: self.train_model(x, t, labels, **stage)  # noqa: E731
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
-            loss = self.diffusion.training_loss(self.train_model, x0, t=t, noise=noise, labels=labels)
+            loss = self.diffusion.training_loss(model, x0, t=t, noise=noise, labels=labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or math.inf)
@@ -430,6 +467,26 @@ class TrainLoop:
             self.log(f"EMA snapshot at step {self.step}: {display_path(self.snapshot_dir)}")
         barrier(self.dist)
 
+    def grow_from(self, folder: Path) -> str:
+        """Start this run's network from the EMA weights of a shipped folder trained at another resolution (the same
+        network, which is convolutional), at step 0: a fine-tune at the new size, with this run's own optimiser,
+        warm-up and schedule."""
+        from ddpm.weights import WEIGHTS_NAME, load_weights_file
+
+        if not folder.exists():
+            raise FileNotFoundError(f"grow_from: {display_path(folder)} does not exist (a shipped weights folder, e.g. "
+                                    f"weights/cpu-long)")
+        state = load_weights_file(folder, map_location=self.device)
+        if self.classes is not None and Classes.from_list(state.get("classes") or []) != self.classes:
+            raise ValueError(f"grow_from {display_path(folder)}: its labels differ from those of {self.config.dataset!r}")
+        mismatch = first_mismatch(state["ema"], self.model)
+        if mismatch:
+            raise ValueError(f"grow_from {display_path(folder)}: its network is not this run's ({mismatch}); growing "
+                             f"takes the same network at another resolution")
+        self.model.load_state_dict(state["ema"])
+        return (f"grown from the EMA weights of {display_path(folder)} (trained at {state['config']['resolution']} px, "
+                f"step {state['step']}), to train at {self.config.resolution} px")
+
     def start_from(self, folder: Path) -> None:
         """Begin a new run from the EMA weights of a shipped folder (ddpm/weights.py), at the folder's step: what a
         lost run folder leaves. Not an exact resume: the raw weights start as the EMA, the optimiser state is new (so
@@ -500,9 +557,17 @@ class TrainLoop:
         from ddpm.viz import save_grid
 
         model = self.ema.module.eval()
+        generator = torch.Generator(device=self.device).manual_seed(1234)
+        if self.lowres_images is not None:  # a stage: 32 real low-resolution images upscaled (needs no base)
+            index = torch.randperm(len(self.lowres_images), generator=torch.Generator().manual_seed(1234))[:32]
+            labels = self.class_index[index.to(self.device)] if self.class_index is not None else None
+            stage = Cascade(None, model, self.diffusion, self.config.aug_t)
+            images = stage.upscale(self.lowres_images[index.to(self.device)], labels, sampler="ddim",
+                                   steps=self.config.sample_steps, generator=generator, device=self.device)
+            save_grid(images, self.run_dir / "samples" / f"step-{self.step:07d}.png", scale=1)
+            return
         if self.classes:  # conditional: labels drawn with the data's frequencies, the config's guidance scale
             model = guided(model, self.classes.draw(32, seed=1234).to(self.device), self.config.sampling_guidance)
-        generator = torch.Generator(device=self.device).manual_seed(1234)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
             images = self.diffusion.sample(
                 model, (32, 3, self.config.resolution, self.config.resolution), sampler="ddim",
@@ -603,10 +668,12 @@ def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
         config = Config.from_dict(state["config"])
         ema_model = build_model(config)
         load_weights(ema_model, state["ema"], run_dir / WEIGHTS_NAME, "EMA")
-        return Run(config=config, model=None, ema_model=ema_model.to(device).eval().requires_grad_(False),
-                   diffusion=build_diffusion(config).to(device), step=state["step"], seconds=state.get("seconds", 0.0),
-                   run_dir=run_dir, classes=Classes.from_list(state["classes"]) if state.get("classes") else None,
-                   shipped=True)
+        classes = Classes.from_list(state["classes"]) if state.get("classes") else None
+        diffusion = build_diffusion(config).to(device)
+        return Run(config=config, model=None, diffusion=diffusion, step=state["step"],
+                   ema_model=as_cascade(config, ema_model.to(device).eval().requires_grad_(False), diffusion, run_dir,
+                                        classes, device),
+                   seconds=state.get("seconds", 0.0), run_dir=run_dir, classes=classes, shipped=True)
     path = run_dir if run_dir.is_file() else run_dir / CHECKPOINT_NAME
     state = load_checkpoint(path, map_location=device)
     config = Config.from_dict(state["config"])
@@ -614,16 +681,22 @@ def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
     load_weights(model, state["model"], path)
     ema_model = build_model(config)
     load_weights(ema_model, ema_state_dict(state), path, "EMA")  # AveragedModel's "module." copy, unwrapped
-    return Run(
-        config=config,
-        model=model.to(device).eval().requires_grad_(False),
-        ema_model=ema_model.to(device).eval().requires_grad_(False),
-        diffusion=build_diffusion(config).to(device),
-        step=state["step"],
-        seconds=state["seconds"],
-        run_dir=path.parent,
-        classes=Classes.from_list(state["classes"]) if state.get("classes") else None,
-    )
+    classes = Classes.from_list(state["classes"]) if state.get("classes") else None
+    diffusion = build_diffusion(config).to(device)
+    ready = lambda net: as_cascade(config, net.to(device).eval().requires_grad_(False), diffusion, path.parent,  # noqa: E731
+                                   classes, device)
+    return Run(config=config, model=ready(model), ema_model=ready(ema_model), diffusion=diffusion, step=state["step"],
+               seconds=state["seconds"], run_dir=path.parent, classes=classes)
+
+
+def as_cascade(config: Config, net: nn.Module, diffusion: GaussianDiffusion, run_dir: Path, classes, device):
+    """A super-resolution stage's network as a Cascade with its base (loaded and checked), so that every sampler
+    call makes full-size images from noise; any other network as it is."""
+    if not config.lowres:
+        return net
+    from ddpm.cascade import load_base
+
+    return Cascade(load_base(config, run_dir, classes, device), net, diffusion, config.aug_t)
 
 
 def train(config: Config, *, until_step: int | None = None, data=None, verbose: bool = True,

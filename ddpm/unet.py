@@ -199,6 +199,8 @@ class UNet(nn.Module):
         in_channels: int = 3,
         scale_shift_norm: bool = False,
         num_classes: int = 0,
+        mid_attention: bool = True,
+        cond_channels: int = 0,
     ):
         super().__init__()
         check_image_size(image_size, channel_mult)
@@ -219,7 +221,12 @@ class UNet(nn.Module):
         # embedding so that every block sees it where it sees t (as improved-diffusion's label_emb).
         self.num_classes = num_classes
         self.label_emb = nn.Embedding(num_classes + 1, time_dim) if num_classes else None
-        self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        # A super-resolution stage (ddpm/cascade.py): cond_channels more input channels (the upsampled low-resolution
+        # image), and the augmentation level it was noised to, embedded like t and added to the time embedding
+        self.cond_channels = cond_channels
+        self.aug_mlp = (nn.Sequential(nn.Linear(base_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+                        if cond_channels else None)
+        self.stem = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
 
         # Encoder: remember the channel count of every tensor pushed on the skip stack.
         skip_channels = [base_channels]
@@ -238,7 +245,7 @@ class UNet(nn.Module):
                 skip_channels.append(channels)
 
         self.mid_res1 = ResBlock(channels, channels, time_dim, dropout, scale_shift_norm)
-        self.mid_attn = SelfAttention(channels)
+        self.mid_attn = SelfAttention(channels) if mid_attention else nn.Identity()
         self.mid_res2 = ResBlock(channels, channels, time_dim, dropout, scale_shift_norm)
 
         # Decoder: one more block per level than the encoder, each eating one skip.
@@ -258,9 +265,20 @@ class UNet(nn.Module):
         self.out_norm = group_norm(channels)
         self.out_conv = zero_init(nn.Conv2d(channels, in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """labels: class indices [B] of a conditional network, num_classes for the null label (None: all null)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None, cond_t: torch.Tensor | None = None) -> torch.Tensor:
+        """labels: class indices [B] of a conditional network, num_classes for the null label (None: all null).
+        cond, cond_t: a super-resolution stage's upsampled, noised low-resolution image [B, cond_channels, H, W] and
+        the integer augmentation level [B] it was noised to."""
         time_emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype))
+        if self.cond_channels:
+            if cond is None or cond_t is None:
+                raise ValueError("this UNet is a super-resolution stage: give cond (the upsampled low-resolution "
+                                 "image) and cond_t (its augmentation level)")
+            time_emb = time_emb + self.aug_mlp(timestep_embedding(cond_t, self.base_channels).to(x.dtype))
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        elif cond is not None:
+            raise ValueError("cond given to a UNet that is not a super-resolution stage (cond_channels=0)")
         if self.label_emb is not None:
             if labels is None:
                 labels = torch.full_like(t, self.num_classes, dtype=torch.long)
