@@ -21,29 +21,29 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ddpm.budget import training_flops  # noqa: E402
 from ddpm.config import get_config, resolve_path  # noqa: E402
 
 ROUTES = {"scratch": "cpu64-scratch", "grown": "cpu64-grown", "sr": "cpu64-sr"}
-SCREEN_FLOPS = 4e14  # about 28 min of the dearest route (grown: 8.6 GFLOP an image) on the 2 cores
+SCREEN_FLOPS = 3e14  # about 21 min of the dearest route (grown: 8.6 GFLOP an image) on the 2 cores
 STORE = resolve_path("benchmarks/route64")
 NUM_GENERATED, SAMPLER, STEPS, GUIDANCE = 512, "dpmpp2m", 20, 2.0
+NUM_FLOOR, NUM_REAL = 1024, None  # held-out real flowers of the floor; the reference (None: every real flower)
+CACHE_DIR = None  # where the real images' features are cached (None: data/.cache/fid)
 
 
 def route_config(route: str):
-    from ddpm.budget import training_flops
-
     config = get_config(ROUTES[route], use_env=False, run_name=f"screen64-{route}")
     kimg = round(SCREEN_FLOPS / training_flops(config) / 1000, 1)
     return config.replace(train_kimg=kimg)
 
 
 def cmd_lengths(args) -> int:
-    from ddpm.budget import training_flops
-
     for route in ROUTES:
         config = route_config(route)
         print(f"{route:8s} {training_flops(config) / 1e9:6.2f} GFLOP an image at {config.train_resolution} px -> "
@@ -59,6 +59,66 @@ def cmd_train(args) -> int:
     return subprocess.call(command)
 
 
+def read_rows() -> list[dict]:
+    from ddpm.weights import read_json_lines
+
+    return read_json_lines(STORE / "screen.jsonl")
+
+
+def score(run_dir: Path, route: str, *, num: int, guidance: float, seed: int, progress: bool, out: Path,
+          extra: dict | None = None) -> dict:
+    """One row of the screen: a route's EMA scored by the protocol, beside the floor; its first 32 samples as a
+    4x8 grid in benchmarks/route64/<grid>.png."""
+    import torch
+
+    from ddpm.metrics import InceptionFeatures, evaluate_run, real_floor, samples_path, result_name
+    from ddpm.train import load_run
+    from ddpm.viz import save_grid
+
+    start = time.perf_counter()
+    feature = InceptionFeatures()
+    run = load_run(run_dir)
+    floor = real_floor(run.config.dataset, run.config.resolution, num_held_out=NUM_FLOOR, num_real=NUM_REAL,
+                       feature=feature, device="cpu", progress=progress, cache_dir=CACHE_DIR)
+    result = evaluate_run(run_dir, num_samples=num, sampler=SAMPLER, steps=STEPS, num_real=NUM_REAL, batch_size=64,
+                          device="cpu", feature=feature, progress=progress, guidance_scale=guidance, seed=seed,
+                          cache_dir=CACHE_DIR)
+    row = {"route": route, "run": run.run_dir.name, "kimg": run.images_seen / 1000,
+           "train_gflop_per_image": round(training_flops(run.config) / 1e9, 3),
+           "train_pflop": round(training_flops(run.config) * run.images_seen / 1e15, 3),
+           "guidance_scale": guidance, "sampler": f"{SAMPLER}-{STEPS}", "seed": seed, **(extra or {}),
+           "kid_mean": result["kid_mean"], "kid_std": result["kid_std"], "fid": result["fid"],
+           "num_generated": result["num_generated"], "num_real": result["num_real"],
+           "floor_kid_mean": floor["kid_mean"], "floor_kid_std": floor["kid_std"], "floor_fid": floor["fid"],
+           "floor_num_generated": floor["num_generated"], "floor_num_real": floor["num_real"],
+           "sampling_seconds": result["sampling_seconds"], "seconds": round(time.perf_counter() - start, 1)}
+    images = torch.load(samples_path(run.out_dir / "metrics" / f"{result_name(result)}.json"), weights_only=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(images["images"][:32], out, title=f"{route}: {row['kimg']:g} kimg, guidance {guidance:g}, "
+                                                f"KID {row['kid_mean'] * 1e3:.1f}e-3")
+    with open(STORE / "screen.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def cmd_score(args) -> int:
+    done = {(r["route"], r["guidance_scale"], r.get("aug_t")) for r in read_rows()}
+    unknown = sorted(set(args.routes) - set(ROUTES))
+    if unknown:
+        raise SystemExit(f"score: unknown routes {unknown}; choose from {', '.join(ROUTES)}")
+    for route in args.routes or ROUTES:
+        config = route_config(route)
+        if not (config.run_dir / "checkpoint.pt").is_file():
+            print(f"{route}: not trained yet ({config.run_dir})", flush=True)
+            continue
+        if (route, args.guidance_scale, None) in done:
+            continue
+        score(config.run_dir, route, num=args.num, guidance=args.guidance_scale, seed=args.seed,
+              progress=args.progress, out=STORE / f"{route}.png")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +126,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("train")
     p.add_argument("route", choices=sorted(ROUTES))
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("score", help="score every trained route not yet scored at this guidance scale")
+    p.add_argument("routes", nargs="*", help=f"some of {', '.join(ROUTES)} (default: all)")
+    p.add_argument("--num", type=int, default=NUM_GENERATED)
+    p.add_argument("--guidance-scale", type=float, default=GUIDANCE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true")
+    p.set_defaults(func=cmd_score)
     args = parser.parse_args(argv)
     return args.func(args)
 

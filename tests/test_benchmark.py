@@ -133,3 +133,38 @@ def test_long_run_scores_each_snapshot_once_and_draws_the_curve(tmp_path, monkey
     assert 0 < result["real_min"] <= result["real_1st_percentile"] <= result["real_median"]
     assert 0 <= result["sample_min"] <= result["sample_median"]
     assert (store / "nearest.png").stat().st_size > 1000 and (store / "nearest-distances.png").stat().st_size > 1000
+
+
+def test_route64_counts_each_routes_flops_and_scores_a_cascade_beside_the_floor(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("route64", SCRIPT.parent / "route64.py")
+    route64 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(route64)
+    from test_metrics import StandInFeatures
+
+    import ddpm.metrics
+    from ddpm.budget import training_flops
+    from ddpm.train import train
+    from ddpm.weights import export_weights
+
+    # equal FLOPs: each route's images times its counted cost per image is the screen's budget
+    for route in route64.ROUTES:
+        config = route64.route_config(route)
+        assert abs(config.train_kimg * 1000 * training_flops(config) / route64.SCREEN_FLOPS - 1) < 0.01
+    assert route64.route_config("sr").train_resolution == 32  # the stage trains on 32 px crops
+
+    monkeypatch.setattr(ddpm.metrics, "InceptionFeatures", StandInFeatures)
+    for name, value in (("STORE", tmp_path / "store"), ("NUM_FLOOR", 8), ("NUM_REAL", 32), ("STEPS", 2),
+                        ("CACHE_DIR", tmp_path / "cache")):
+        monkeypatch.setattr(route64, name, value)
+    small = dict(use_env=False, base_channels=8, attention_resolutions=(), num_classes=102, limit_images=16,
+                 batch_size=4, train_steps=2, progress=False, runs_dir=str(tmp_path / "runs"), sample_every=10_000)
+    train(get_config("smoke", run_name="base", resolution=16, **small), verbose=False)
+    base = export_weights(tmp_path / "runs" / "base", tmp_path / "base")
+    stage = get_config("smoke", run_name="stage", resolution=32, lowres=16, crop=16, base=str(base),
+                       mid_attention=False, aug_max_t=20, aug_t=5, **small)
+    train(stage, verbose=False)
+    row = route64.score(stage.run_dir, "sr", num=8, guidance=2.0, seed=0, progress=False,
+                        out=tmp_path / "store" / "sr.png")
+    assert row["num_generated"] == 8 and row["num_real"] == 32 and row["floor_num_generated"] == 8
+    assert row["train_pflop"] == round(training_flops(stage) * 8 / 1e15, 3) and row["kid_std"] > 0
+    assert route64.read_rows() == [row] and (tmp_path / "store" / "sr.png").stat().st_size > 1000
