@@ -66,7 +66,7 @@ def read_rows() -> list[dict]:
 
 
 def score(run_dir: Path, route: str, *, num: int, guidance: float, seed: int, progress: bool, out: Path,
-          extra: dict | None = None) -> dict:
+          aug_t: int | None = None) -> dict:
     """One row of the screen: a route's EMA scored by the protocol, beside the floor; its first 32 samples as a
     4x8 grid in benchmarks/route64/<grid>.png."""
     import torch
@@ -82,11 +82,11 @@ def score(run_dir: Path, route: str, *, num: int, guidance: float, seed: int, pr
                        feature=feature, device="cpu", progress=progress, cache_dir=CACHE_DIR)
     result = evaluate_run(run_dir, num_samples=num, sampler=SAMPLER, steps=STEPS, num_real=NUM_REAL, batch_size=64,
                           device="cpu", feature=feature, progress=progress, guidance_scale=guidance, seed=seed,
-                          cache_dir=CACHE_DIR)
+                          cache_dir=CACHE_DIR, aug_t=aug_t)
     row = {"route": route, "run": run.run_dir.name, "kimg": run.images_seen / 1000,
            "train_gflop_per_image": round(training_flops(run.config) / 1e9, 3),
            "train_pflop": round(training_flops(run.config) * run.images_seen / 1e15, 3),
-           "guidance_scale": guidance, "sampler": f"{SAMPLER}-{STEPS}", "seed": seed, **(extra or {}),
+           "guidance_scale": guidance, "sampler": f"{SAMPLER}-{STEPS}", "seed": seed, "aug_t": result["aug_t"],
            "kid_mean": result["kid_mean"], "kid_std": result["kid_std"], "fid": result["fid"],
            "num_generated": result["num_generated"], "num_real": result["num_real"],
            "floor_kid_mean": floor["kid_mean"], "floor_kid_std": floor["kid_std"], "floor_fid": floor["fid"],
@@ -112,10 +112,12 @@ def cmd_score(args) -> int:
         if not (config.run_dir / "checkpoint.pt").is_file():
             print(f"{route}: not trained yet ({config.run_dir})", flush=True)
             continue
-        if (route, args.guidance_scale, None) in done:
+        aug_t = (args.aug_t if args.aug_t is not None else config.aug_t) if config.lowres else None
+        if (route, args.guidance_scale, aug_t) in done:
             continue
         score(config.run_dir, route, num=args.num, guidance=args.guidance_scale, seed=args.seed,
-              progress=args.progress, out=STORE / f"{route}.png")
+              progress=args.progress, aug_t=aug_t,
+              out=STORE / f"{route}{'' if args.aug_t is None else f'-aug{aug_t}'}.png")
     return 0
 
 
@@ -131,6 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=NUM_GENERATED)
     p.add_argument("--guidance-scale", type=float, default=GUIDANCE)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aug-t", type=int, default=None, help="the cascade's augmentation level (default: its aug_t)")
     p.add_argument("--progress", action="store_true")
     p.set_defaults(func=cmd_score)
     args = parser.parse_args(argv)

@@ -66,6 +66,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     run = load_run(args.checkpoint, device)
+    run.set_aug_t(args.aug_t)
     model = run.weights(raw=args.raw)
     weights = "raw" if args.raw else "EMA"
     steps = None if args.sampler == "ddpm" else args.steps
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="class-conditional runs: classifier-free guidance scale (0 unconditional, 1 plain conditional, "
                         "2-4 closer to the class; default: the run's guidance_scale, else 1)")
+    p.add_argument("--aug-t", type=int, default=None,
+                   help="a cascade: the noise level its stage's low-resolution input gets (default: its aug_t)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")

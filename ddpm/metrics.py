@@ -400,7 +400,8 @@ def result_name(result: dict) -> str:
     (eta only for stochastic DDIM, the guidance scale only for conditional runs, so earlier names still match)."""
     eta = f"-eta{result['eta']:g}" if result["sampler"] == "ddim" and result.get("eta") else ""
     guidance = f"-g{result['guidance_scale']:g}" if result.get("guidance_scale") is not None else ""
-    return f"{result['weights']}-{result['sampler']}-{result['steps']}{eta}{guidance}-n{result['num_generated']}"
+    aug = f"-aug{result['aug_t']}" if result.get("aug_t") is not None else ""  # a cascade's stage
+    return f"{result['weights']}-{result['sampler']}-{result['steps']}{eta}{guidance}{aug}-n{result['num_generated']}"
 
 
 def samples_path(result_path: Path | str) -> Path:
@@ -434,6 +435,7 @@ def evaluate_run(
     data_dir: Path | str | None = None,
     progress: bool = True,
     guidance_scale: float | None = None,
+    aug_t: int | None = None,
 ) -> dict:
     """Sample `num_samples` images from a run (EMA weights unless use_ema=False) and score them with FID and KID
     against the run's dataset at the run's resolution (all images, or a fixed random subset of `num_real`).
@@ -454,6 +456,7 @@ def evaluate_run(
     feature = feature if feature is not None else InceptionFeatures()
     run = load_run(run_dir, device=device)
     config = run.config
+    aug_t = run.set_aug_t(aug_t)  # a cascade: its stage's augmentation level (None otherwise)
     num_samples = config.fid_samples if num_samples is None else num_samples
     batch_size = config.fid_batch_size if batch_size is None else batch_size
     if num_samples < 2:
@@ -495,6 +498,7 @@ def evaluate_run(
         "steps": steps,
         "eta": eta if sampler == "ddim" else None,  # only DDIM has an eta
         "guidance_scale": guidance_scale,  # None: an unconditional run
+        "aug_t": aug_t,  # a cascade's augmentation level of the low-resolution image (None: no cascade)
         "weights": "ema" if use_ema else "raw",
         "dataset": config.dataset,
         "split": config.split,
@@ -712,6 +716,8 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="class-conditional runs: classifier-free guidance scale (default: the run's "
                              "guidance_scale, else 1); the labels are drawn with the data's label frequencies")
+    parser.add_argument("--aug-t", type=int, default=None,
+                        help="a cascade: the noise level its stage's low-resolution input gets (default: its aug_t)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's fid_batch_size (64 with "
                         "--real-vs-real)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -745,7 +751,8 @@ def run_fid_command(args: argparse.Namespace) -> int:
         result = evaluate_run(args.checkpoint, num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
                               eta=args.eta, use_ema=not args.raw, batch_size=args.batch_size, device=args.device,
                               seed=args.seed, kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets,
-                              num_real=args.num_real, cache_dir=args.cache_dir, guidance_scale=args.guidance_scale)
+                              num_real=args.num_real, cache_dir=args.cache_dir, guidance_scale=args.guidance_scale,
+                              aug_t=args.aug_t)
         run_dir = Path(args.checkpoint)
         run_dir = run_dir.parent if run_dir.is_file() else run_dir
         from ddpm.weights import is_weights_folder, outputs_dir

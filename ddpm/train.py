@@ -644,6 +644,21 @@ class Run:
                              f"weights (leave out --raw), or train the run again to get them")
         return self.model
 
+    def set_aug_t(self, aug_t: int | None) -> int | None:
+        """A cascade's stage samples at augmentation level aug_t (None: its config's); returns the level in force,
+        or None for a run that is no cascade (which refuses a level)."""
+        if not self.config.lowres:
+            if aug_t is not None:
+                raise ValueError(f"--aug-t: run {self.run_dir} is no cascade (its config has no lowres)")
+            return None
+        level = self.config.aug_t if aug_t is None else aug_t
+        if not 0 <= level < self.config.timesteps:
+            raise ValueError(f"--aug-t must be in 0..{self.config.timesteps - 1}, got {level}")
+        for net in (self.model, self.ema_model):
+            if net is not None:
+                net.aug_t = level
+        return level
+
     @property
     def finished(self) -> bool:
         return self.config.finished(self.step, self.seconds)

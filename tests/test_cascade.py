@@ -177,6 +177,14 @@ def test_the_stage_is_sampled_at_its_fixed_augmentation_level(stage_folder, monk
     monkeypatch.setattr(Conditioned, "forward", spy)
     generate(run.ema_model, run.diffusion, 2, labels=run.classes.draw(2), sampler="ddim", steps=2, progress=False)
     assert levels and set(levels) == {run.config.aug_t}
+    levels.clear()
+    assert run.set_aug_t(3) == 3  # what `sample --aug-t` and `fid --aug-t` set
+    generate(run.ema_model, run.diffusion, 2, labels=run.classes.draw(2), sampler="ddim", steps=2, progress=False)
+    assert set(levels) == {3}
+    with pytest.raises(ValueError, match="--aug-t must be in"):
+        run.set_aug_t(run.config.timesteps)
+    with pytest.raises(ValueError, match="is no cascade"):
+        load_run(run.config.base).set_aug_t(3)
 
 
 def test_a_stage_whose_base_is_missing_or_does_not_match_is_one_error_line(stage_folder, base_folder, tmp_path,
