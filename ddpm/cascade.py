@@ -99,22 +99,31 @@ class Cascade(nn.Module):
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float | None, *, sampler: str,
-               steps: int | None, eta: float = 0.0, generator: torch.Generator, device) -> torch.Tensor:
+               steps: int | None, eta: float = 0.0, generator: torch.Generator, device, return_trajectory: bool = False,
+               trajectory_frames: int = 50, progress: bool = False):
         """Images at the stage's size in [-1, 1] from base noise [B, 3, r, r]: the base samples (guided by `labels` at
         `guidance_scale`), its images are rounded to 8 bits as its training images were, and the stage upscales
-        them; the stage's noise comes from `generator` after the base's."""
+        them; the stage's noise comes from `generator` after the base's. With return_trajectory, also the frames of
+        both (as GaussianDiffusion.sample gives them, half each): the base's upsampled, then the stage's."""
         from ddpm.data import to_uint8
         from ddpm.guidance import guided
 
         base = self.base if labels is None else guided(self.base, labels.to(device), guidance_scale)
+        frames = dict(return_trajectory=True, trajectory_frames=max(2, trajectory_frames // 2)) if return_trajectory else {}
         low = self.base_diffusion.sample(base, noise.shape, sampler=sampler, steps=steps, eta=eta, noise=noise,
-                                         generator=generator, device=device)
-        return self.upscale(to_uint8(low.float()), labels, sampler=sampler, steps=steps, generator=generator,
-                            device=device)
+                                         generator=generator, device=device, progress=progress, **frames)
+        low, base_frames = low if return_trajectory else (low, None)
+        out = self.upscale(to_uint8(low.float()), labels, sampler=sampler, steps=steps, generator=generator,
+                           device=device, progress=progress, **frames)
+        if not return_trajectory:
+            return out
+        images, stage_frames = out
+        big = lambda x: F.interpolate(x.float(), size=(self.image_size,) * 2, mode="nearest")  # noqa: E731
+        return images, [(t, big(x_t), big(x0)) for t, x_t, x0 in base_frames] + stage_frames
 
     @torch.no_grad()
     def upscale(self, low: torch.Tensor, labels: torch.Tensor | None, *, sampler: str, steps: int | None,
-                generator: torch.Generator, device, progress: bool = False) -> torch.Tensor:
+                generator: torch.Generator, device, progress: bool = False, **trajectory):
         """64 px samples in [-1, 1] from low-resolution images `low` (uint8 [B, 3, r, r], as a base makes them):
         upsampled, noised to aug_t with noise drawn from `generator`, then sampled by the stage."""
         from ddpm.guidance import guided
@@ -128,7 +137,7 @@ class Cascade(nn.Module):
             model = guided(model, labels.to(device), 1.0)
         start = torch.randn(low_up.shape, device=device, generator=generator)
         return self.stage_diffusion.sample(model, start.shape, sampler=sampler, steps=steps, noise=start,
-                                           generator=generator, device=device, progress=progress)
+                                           generator=generator, device=device, progress=progress, **trajectory)
 
 
 def load_base(config, stage_dir: Path, classes=None, device: str | torch.device = "cpu"):

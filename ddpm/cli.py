@@ -58,6 +58,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from ddpm.cascade import Cascade
     from ddpm.distributed import resolve_device
     from ddpm.guidance import guided
     from ddpm.sample import generate
@@ -79,11 +80,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.gif:
         generator = torch.Generator(device=device).manual_seed(args.seed)
         size = run.config.resolution
-        images, trajectory = run.diffusion.sample(
-            model if labels is None else guided(model, labels.to(device), scale), (args.num, 3, size, size),
-            sampler=args.sampler, steps=steps, eta=args.eta, generator=generator, device=device,
-            return_trajectory=True, trajectory_frames=GIF_FRAMES, progress=True,
-        )
+        if isinstance(model, Cascade):  # the base's frames, then the stage's
+            noise = torch.randn((args.num, 3, model.noise_size, model.noise_size), device=device, generator=generator)
+            images, trajectory = model.sample(noise, labels, scale, sampler=args.sampler, steps=steps, eta=args.eta,
+                                              generator=generator, device=device, return_trajectory=True,
+                                              trajectory_frames=GIF_FRAMES, progress=True)
+        else:
+            images, trajectory = run.diffusion.sample(
+                model if labels is None else guided(model, labels.to(device), scale), (args.num, 3, size, size),
+                sampler=args.sampler, steps=steps, eta=args.eta, generator=generator, device=device,
+                return_trajectory=True, trajectory_frames=GIF_FRAMES, progress=True,
+            )
         save_denoising_gif(trajectory, args.gif)
         print(f"wrote {args.gif}")
     else:

@@ -219,3 +219,30 @@ def test_a_stage_whose_base_is_missing_or_does_not_match_is_one_error_line(stage
     export_weights(tmp_path / "b32", other)
     with pytest.raises(ValueError, match="samples 32 px images, the stage upscales 16 px ones"):
         load_run(with_base("other", other))
+
+
+def test_sample_writes_a_cascades_grid_by_label_and_its_gif_of_both_stages(stage_folder, tmp_path, capsys):
+    from PIL import Image
+
+    from ddpm.cli import main
+
+    grid, gif = tmp_path / "grid.png", tmp_path / "both.gif"
+    assert main(["sample", "--checkpoint", str(stage_folder), "--num", "4", "--steps", "3", "--label", "passion flower",
+                 "--out", str(grid), "--gif", str(gif), "--aug-t", "5"]) == 0
+    assert "'passion flower'" in capsys.readouterr().out
+    assert Image.open(grid).size[0] > 4 * 32 and Image.open(gif).n_frames >= 4
+
+
+@pytest.mark.parametrize("profile", ["cpu64-scratch", "cpu64-grown", "cpu64-sr"])
+def test_the_64px_profiles_make_64px_predictions(profile):
+    from ddpm.train import build_model
+
+    config = get_config(profile, use_env=False)
+    with torch.device("meta"):
+        net = build_model(config)
+        x, t = torch.zeros(2, 3, 64, 64), torch.zeros(2, dtype=torch.long)
+        stage = dict(cond=torch.zeros_like(x), cond_t=t) if config.lowres else {}
+        assert net(x, t, torch.zeros(2, dtype=torch.long), **stage).shape == (2, 3, 64, 64)
+    assert config.resolution == 64 and config.sampling_guidance == 2.0
+    if profile == "cpu64-grown":  # the network of the 32 px weights it grows from
+        assert load_run(config.grow_from).config.channel_mult == config.channel_mult
