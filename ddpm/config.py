@@ -421,4 +421,6 @@ def get_config(profile: str | None = None, *, use_env: bool = True, **overrides)
     values.update({k: parse_field(k, v) for k, v in overrides.items()})
     if values.get("model") == "baseline" and "num_classes" not in chosen:
         values["num_classes"] = 0  # the baseline is unconditional, whatever the profile's improved UNet is
+    if values.get("model") == "baseline" and not chosen & {"lowres", "base", "crop"}:
+        values.update(lowres=None, base=None, crop=None)  # nor is it a super-resolution stage
     return Config(**values)

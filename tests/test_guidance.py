@@ -116,7 +116,7 @@ def test_label_dropout_draws_the_null_label_at_its_rate_and_keeps_each_images_la
     assert loop.classes.labels == ("a", "b") and loop.classes.counts == (42, 22)
     nulls, kept = 0, 0
     for _ in range(500):
-        x0, _, _, labels = loop.draw_batch()
+        x0, _, _, labels, _ = loop.draw_batch()
         is_null = labels == 4
         nulls += int(is_null.sum())
         kept += int((~is_null).sum())
