@@ -163,3 +163,23 @@ def load_base(config, stage_dir: Path, classes=None, device: str | torch.device 
     if (base.classes is None) != (classes is None) or (classes is not None and base.classes.labels != classes.labels):
         raise ValueError(f"{display_path(stage_dir)}: its base {config.base} knows other labels than the stage")
     return base
+
+
+def as_cascade(config, net: nn.Module, diffusion, run_dir: Path, classes, device):
+    """A super-resolution stage's network as a Cascade with its base (loaded and checked), so that every sampler
+    call makes full-size images from noise; any other network as it is."""
+    if not config.lowres:
+        return net
+    return Cascade(load_base(config, run_dir, classes, device), net, diffusion, config.aug_t)
+
+
+def lowres_images(config, data) -> torch.Tensor:
+    """A stage's training images at its lowres (uint8), decoded by the loader that made the base's: the same files in
+    the same order as `data` (the images at the stage's resolution), or one error line."""
+    from ddpm.data import load_images
+
+    low = load_images(config.dataset, config.lowres, limit=config.limit_images, split=config.split)
+    if low.files != data.files:
+        raise ValueError(f"lowres={config.lowres}: {config.dataset!r} at {config.lowres} px holds other images than at "
+                         f"{config.resolution} px ({len(low)} vs {len(data)})")
+    return low.images

@@ -354,6 +354,13 @@ PROFILES["cpu64-grown"] = dict(_CPU64, log_snr_shift=-2 * math.log(2), grow_from
                                train_kimg=47.0)
 PROFILES["cpu64-sr"] = dict(_CPU64, lowres=32, crop=32, base="weights/cpu-long", mid_attention=False, train_kimg=180.0)
 
+# The 64 px long run: the screen's winner (cpu64-grown: KID 0.021 against the cascade's 0.029 and scratch's 0.159 at
+# 0.3 PFLOP, benchmarks/README.md) trained on. Its recipe stays the screen's (constant lr after warm-up, so the run can be
+# lengthened); the EMA half-life grows to 10k images as cpu-long's, a second EMA of 50k beside it, and a snapshot every
+# 50k images gives the curve of KID against images seen (benchmarks/long_run.py --profile cpu64).
+PROFILES["cpu64"] = dict(PROFILES["cpu64-grown"], train_kimg=800.0, ema_half_life_kimg=10.0, ema2_half_life_kimg=50.0,
+                         snapshot_every_kimg=50.0, log_every=100, checkpoint_every=500, sample_every=3125)
+
 
 def default_profile() -> str:
     """``DDPM_PROFILE`` if set, else ``gpu`` with CUDA and ``cpu`` without."""
@@ -421,6 +428,4 @@ def get_config(profile: str | None = None, *, use_env: bool = True, **overrides)
     values.update({k: parse_field(k, v) for k, v in overrides.items()})
     if values.get("model") == "baseline" and "num_classes" not in chosen:
         values["num_classes"] = 0  # the baseline is unconditional, whatever the profile's improved UNet is
-    if values.get("model") == "baseline" and not chosen & {"lowres", "base", "crop"}:
-        values.update(lowres=None, base=None, crop=None)  # nor is it a super-resolution stage
     return Config(**values)

@@ -26,8 +26,9 @@ SIDE_EMA_FRACTION = 0.05  # side runs: EMA half-life as a fraction of their leng
 # The baseline UNet is the narrative's plain starting point, whatever recipe the profile's improved UNet uses: Ho et
 # al.'s eps-prediction on uniform t with the plain MSE, unconditional, gradients clipped at 1 and no weight decay (the
 # learning rate stays the profile's: it goes with the batch). The schedule runs train it the same way.
-PLAIN_DDPM = dict(model="baseline", lowres=None, base=None, crop=None, prediction="eps", noise_sampling="uniform", min_snr_gamma=None, num_classes=0,
-                  ema2_half_life_kimg=None, grad_clip=1.0, weight_decay=0.0)
+PLAIN_DDPM = dict(model="baseline", prediction="eps", noise_sampling="uniform", min_snr_gamma=None, num_classes=0,
+                  ema2_half_life_kimg=None, grad_clip=1.0, weight_decay=0.0,
+                  lowres=None, base=None, crop=None)  # nor a super-resolution stage
 
 
 @dataclass(frozen=True)

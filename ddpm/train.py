@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpm import data as ddpm_data
-from ddpm.cascade import Cascade, augment, stage_batch
+from ddpm.cascade import Cascade, as_cascade, augment, lowres_images, stage_batch
 from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, first_mismatch, load_checkpoint, load_weights
 from ddpm.config import RUNTIME_FIELDS, Config, display_path, resolve_path
 from ddpm.diffusion import GaussianDiffusion
@@ -120,7 +120,7 @@ class TrainLoop:
         )
         self.images = data.images.to(self.device)
         # A super-resolution stage also sees each image at the base's resolution, made by the same loader
-        self.lowres_images = self.load_lowres(data).to(self.device) if config.lowres else None
+        self.lowres_images = lowres_images(config, data).to(self.device) if config.lowres else None
         # Conditional runs: each image's class index, and the mapping from indices to the dataset's labels.
         self.classes = Classes.from_data(data, config.num_classes) if config.num_classes else None
         self.class_index = self.classes.indices(data.labels).to(self.device) if self.classes else None
@@ -183,16 +183,6 @@ class TrainLoop:
             f.write(line + "\n")
         if self.verbose:
             print(message, flush=True)
-
-    def load_lowres(self, data: "ddpm_data.ImageData") -> torch.Tensor:
-        """The training images at the stage's lowres, decoded by the loader that made the base's: the same files in
-        the same order as `data`, or one error line."""
-        cfg = self.config
-        low = ddpm_data.load_images(cfg.dataset, cfg.lowres, limit=cfg.limit_images, split=cfg.split)
-        if low.files != data.files:
-            raise ValueError(f"lowres={cfg.lowres}: {cfg.dataset!r} at {cfg.lowres} px holds other images than at "
-                             f"{cfg.resolution} px ({len(low)} vs {len(data)})")
-        return low.images
 
     def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
         """(x0, t, noise, labels, stage) for this rank: its slice of one global batch drawn from the shared generator.
@@ -703,15 +693,6 @@ def load_run(run_dir: Path | str, device: str | torch.device = "cpu") -> Run:
     return Run(config=config, model=ready(model), ema_model=ready(ema_model), diffusion=diffusion, step=state["step"],
                seconds=state["seconds"], run_dir=path.parent, classes=classes)
 
-
-def as_cascade(config: Config, net: nn.Module, diffusion: GaussianDiffusion, run_dir: Path, classes, device):
-    """A super-resolution stage's network as a Cascade with its base (loaded and checked), so that every sampler
-    call makes full-size images from noise; any other network as it is."""
-    if not config.lowres:
-        return net
-    from ddpm.cascade import load_base
-
-    return Cascade(load_base(config, run_dir, classes, device), net, diffusion, config.aug_t)
 
 
 def train(config: Config, *, until_step: int | None = None, data=None, verbose: bool = True,
