@@ -8,6 +8,8 @@
         --out benchmarks/long-run/guidance.jsonl                  # the shipped weights against the guidance scale
     .venv/bin/python benchmarks/long_run.py nearest               # the memorisation check of the shipped weights
     .venv/bin/python benchmarks/long_run.py curve                 # both curves, as a PNG
+    .venv/bin/python benchmarks/long_run.py score --profile cpu64 --num 512   # the 64 px run (scores-64px.jsonl)
+    .venv/bin/python benchmarks/long_run.py curve --resolution 64
 
 Protocol: the snapshot's EMA weights (both half-lives of the run), DPM-Solver++(2M) with 20 steps at the run's
 guidance scale (or --guidance-scale), labels drawn with the data's label frequencies, 1024 generated images against
@@ -34,6 +36,12 @@ from ddpm.weights import LONG_RUN_RESULTS, LONG_RUN_WEIGHTS, read_json_lines  # 
 STORE = resolve_path(LONG_RUN_RESULTS)
 SCORES, GUIDANCE, NEAREST = STORE / "scores.jsonl", STORE / "guidance.jsonl", STORE / "nearest.json"
 NUM_GENERATED, NUM_REAL = 1024, None  # None: every real image
+NUM_HELD_OUT = 1024  # the floor's held-out real images, whatever --num is
+
+
+def scores_file(resolution: int) -> Path:
+    """Where a run's snapshot scores go: the 32 px long run's scores.jsonl, another resolution's beside it."""
+    return SCORES if resolution == 32 else STORE / f"scores-{resolution}px.jsonl"
 SAMPLER, STEPS = "dpmpp2m", 20
 CACHE_DIR = None  # where the real images' features are cached (None: data/.cache/fid)
 
@@ -54,15 +62,17 @@ def snapshots(run_dir: Path, every_kimg: float | None = None, kimg: list[float] 
     return chosen
 
 
-def read_scores() -> list[dict]:
-    return read_json_lines(SCORES)
+def read_scores(resolution: int = 32) -> list[dict]:
+    return read_json_lines(scores_file(resolution))
 
 
 def cmd_score(args) -> int:
     from ddpm.metrics import InceptionFeatures, evaluate_run, real_floor
 
-    run_dir = Path(args.run_dir) if args.run_dir else get_config(args.profile, use_env=False).run_dir
-    done = {(row["snapshot"], row["guidance_scale"]) for row in read_scores()}  # a snapshot once at each scale
+    profile = get_config(args.profile, use_env=False)
+    run_dir = Path(args.run_dir) if args.run_dir else profile.run_dir
+    out = scores_file(profile.resolution)
+    done = {(row["snapshot"], row["guidance_scale"]) for row in read_json_lines(out)}  # once at each scale
     todo = [run for run in snapshots(run_dir, args.every, args.kimg, args.half_life)  # at the run's scale by default
             if (run.run_dir.name, args.guidance_scale if args.guidance_scale is not None else run.guidance_scale)
             not in done]
@@ -71,11 +81,11 @@ def cmd_score(args) -> int:
         return 0
     config = todo[0].config
     feature = InceptionFeatures()
-    floor = real_floor(config.dataset, config.resolution, num_held_out=NUM_GENERATED, num_real=NUM_REAL,
+    floor = real_floor(config.dataset, config.resolution, num_held_out=NUM_HELD_OUT, num_real=NUM_REAL,
                        feature=feature, device="cpu", progress=args.progress, cache_dir=CACHE_DIR)
     for run in todo:
         start = time.perf_counter()
-        result = evaluate_run(run.run_dir, num_samples=NUM_GENERATED, sampler=SAMPLER, steps=STEPS, num_real=NUM_REAL,
+        result = evaluate_run(run.run_dir, num_samples=args.num, sampler=SAMPLER, steps=STEPS, num_real=NUM_REAL,
                               batch_size=64, device="cpu", feature=feature, progress=args.progress,
                               cache_dir=CACHE_DIR, guidance_scale=args.guidance_scale)
         row = {"snapshot": run.run_dir.name, "kimg": run.images_seen / 1000,
@@ -85,8 +95,8 @@ def cmd_score(args) -> int:
                "floor_num_generated": floor["num_generated"], "floor_num_real": floor["num_real"],
                "num_generated": result["num_generated"], "num_real": result["num_real"],
                "seconds": round(time.perf_counter() - start, 1)}
-        SCORES.parent.mkdir(parents=True, exist_ok=True)
-        with open(SCORES, "a") as f:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
     return 0
@@ -95,10 +105,12 @@ def cmd_score(args) -> int:
 def cmd_curve(args) -> int:
     from ddpm.viz import plot_long_run_scores
 
-    rows = read_scores()
+    rows = read_scores(args.resolution)
     if not rows:
-        raise SystemExit(f"no scores in {display_path(SCORES)}: run `score` first")
-    print(display_path(plot_long_run_scores(rows, read_json_lines(GUIDANCE), resolve_path(args.out))))
+        raise SystemExit(f"no scores in {display_path(scores_file(args.resolution))}: run `score` first")
+    guidance = read_json_lines(GUIDANCE) if args.resolution == 32 else []
+    out = args.out or f"benchmarks/long-run/curves{'' if args.resolution == 32 else f'-{args.resolution}px'}.png"
+    print(display_path(plot_long_run_scores(rows, guidance, resolve_path(out))))
     return 0
 
 
@@ -157,10 +169,12 @@ def main(argv=None) -> int:
     p.add_argument("--half-life", type=float, default=None, help="only the EMA of this half-life (thousand images)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="sample at this scale (default: the run's); a snapshot is scored once at each scale")
+    p.add_argument("--num", type=int, default=NUM_GENERATED, help="generated images per score (the floor stays 1024)")
     p.add_argument("--progress", action="store_true")
     p.set_defaults(func=cmd_score)
     p = sub.add_parser("curve", help="KID and FID against images seen, as a PNG")
-    p.add_argument("--out", default="benchmarks/long-run/curves.png")
+    p.add_argument("--resolution", type=int, default=32, help="whose scores: 32 (cpu-long) or 64 (cpu64)")
+    p.add_argument("--out", default=None, help="default benchmarks/long-run/curves[-<res>px].png")
     p.set_defaults(func=cmd_curve)
     p = sub.add_parser("nearest", help="the memorisation check: samples beside their nearest real flowers")
     p.add_argument("--weights", default=LONG_RUN_WEIGHTS)
