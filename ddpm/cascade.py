@@ -100,21 +100,25 @@ class Cascade(nn.Module):
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float | None, *, sampler: str,
                steps: int | None, eta: float = 0.0, generator: torch.Generator, device, return_trajectory: bool = False,
-               trajectory_frames: int = 50, progress: bool = False):
+               trajectory_frames: int = 50, progress: bool = False, guidance_interval: tuple[int, int] | None = None,
+               grid: str | None = None, lambda_min: float | None = None):
         """Images at the stage's size in [-1, 1] from base noise [B, 3, r, r]: the base samples (guided by `labels` at
         `guidance_scale`), its images are rounded to 8 bits as its training images were, and the stage upscales
         them; the stage's noise comes from `generator` after the base's. With return_trajectory, also the frames of
-        both (as GaussianDiffusion.sample gives them, half each): the base's upsampled, then the stage's."""
+        both (as GaussianDiffusion.sample gives them, half each): the base's upsampled, then the stage's.
+        `guidance_interval` (the base's step indices) limits the base's guidance; `grid` and `lambda_min` place the
+        steps of both."""
         from ddpm.data import to_uint8
         from ddpm.guidance import guided
 
-        base = self.base if labels is None else guided(self.base, labels.to(device), guidance_scale)
+        base = self.base if labels is None else guided(self.base, labels.to(device), guidance_scale, guidance_interval)
+        solver = dict(grid=grid, lambda_min=lambda_min)
         frames = dict(return_trajectory=True, trajectory_frames=max(2, trajectory_frames // 2)) if return_trajectory else {}
         low = self.base_diffusion.sample(base, noise.shape, sampler=sampler, steps=steps, eta=eta, noise=noise,
-                                         generator=generator, device=device, progress=progress, **frames)
+                                         generator=generator, device=device, progress=progress, **frames, **solver)
         low, base_frames = low if return_trajectory else (low, None)
         out = self.upscale(to_uint8(low.float()), labels, sampler=sampler, steps=steps, generator=generator,
-                           device=device, progress=progress, **frames)
+                           device=device, progress=progress, **frames, **solver)
         if not return_trajectory:
             return out
         images, stage_frames = out
@@ -123,9 +127,10 @@ class Cascade(nn.Module):
 
     @torch.no_grad()
     def upscale(self, low: torch.Tensor, labels: torch.Tensor | None, *, sampler: str, steps: int | None,
-                generator: torch.Generator, device, progress: bool = False, **trajectory):
+                generator: torch.Generator, device, progress: bool = False, **options):
         """64 px samples in [-1, 1] from low-resolution images `low` (uint8 [B, 3, r, r], as a base makes them):
-        upsampled, noised to aug_t with noise drawn from `generator`, then sampled by the stage."""
+        upsampled, noised to aug_t with noise drawn from `generator`, then sampled by the stage (`options`: the
+        trajectory's and the grid's, as GaussianDiffusion.sample takes them)."""
         from ddpm.guidance import guided
 
         size = self.image_size
@@ -137,7 +142,7 @@ class Cascade(nn.Module):
             model = guided(model, labels.to(device), 1.0)
         start = torch.randn(low_up.shape, device=device, generator=generator)
         return self.stage_diffusion.sample(model, start.shape, sampler=sampler, steps=steps, noise=start,
-                                           generator=generator, device=device, progress=progress, **trajectory)
+                                           generator=generator, device=device, progress=progress, **options)
 
 
 def load_base(config, stage_dir: Path, classes=None, device: str | torch.device = "cpu"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ddpm import budget
 from ddpm.diffusion import SAMPLERS
+from ddpm.solvers import GRIDS, sigma_interval
 from ddpm.config import PROFILES, Config, default_profile, get_config, parse_field
 
 
@@ -80,22 +81,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.gif:
         generator = torch.Generator(device=device).manual_seed(args.seed)
         size = run.config.resolution
+        options = solver_options(args)
+        sigmas = options.pop("guidance_interval")
+        base_diffusion = model.base_diffusion if isinstance(model, Cascade) else run.diffusion
+        interval = sigma_interval(base_diffusion, *sigmas) if sigmas and labels is not None else None
         if isinstance(model, Cascade):  # the base's frames, then the stage's
             noise = torch.randn((args.num, 3, model.noise_size, model.noise_size), device=device, generator=generator)
             images, trajectory = model.sample(noise, labels, scale, sampler=args.sampler, steps=steps, eta=args.eta,
                                               generator=generator, device=device, return_trajectory=True,
-                                              trajectory_frames=GIF_FRAMES, progress=True)
+                                              trajectory_frames=GIF_FRAMES, progress=True, guidance_interval=interval,
+                                              **options)
         else:
             images, trajectory = run.diffusion.sample(
-                model if labels is None else guided(model, labels.to(device), scale), (args.num, 3, size, size),
-                sampler=args.sampler, steps=steps, eta=args.eta, generator=generator, device=device,
-                return_trajectory=True, trajectory_frames=GIF_FRAMES, progress=True,
+                model if labels is None else guided(model, labels.to(device), scale, interval),
+                (args.num, 3, size, size), sampler=args.sampler, steps=steps, eta=args.eta, generator=generator,
+                device=device, return_trajectory=True, trajectory_frames=GIF_FRAMES, progress=True, **options,
             )
         save_denoising_gif(trajectory, args.gif)
         print(f"wrote {args.gif}")
     else:
         images = generate(model, run.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
-                          steps=steps, eta=args.eta, seed=args.seed, device=device, labels=labels, guidance_scale=scale)
+                          steps=steps, eta=args.eta, seed=args.seed, device=device, labels=labels, guidance_scale=scale,
+                          **solver_options(args))
     if args.out_dir:  # one PNG per sample, for other FID tools; the grid only when --out asks for it too
         paths = save_images(images, args.out_dir)
         print(f"wrote {len(paths)} images of {run.config.resolution}x{run.config.resolution} px to {args.out_dir}")
@@ -105,6 +112,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     save_grid(images, out, title=title)
     print(f"wrote {out}")
     return 0
+
+
+def add_solver_flags(p: argparse.ArgumentParser) -> None:
+    """Where the sampler's steps fall and where guidance applies (ddpm/solvers.py)."""
+    p.add_argument("--grid", choices=GRIDS, default=None,
+                   help="step placement: lambda (even in log-SNR), time (even in t) or edm (rho = 7 in sigma); "
+                        "default time for ddim, lambda for dpmpp2m/dpmpp3m")
+    p.add_argument("--lambda-min", type=float, default=None,
+                   help="start the steps at the noisiest t whose log-SNR lambda is at least this (default: at T-1)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="guide only the steps whose sigma lies in (LOW, HIGH]; the others call the network once")
+
+
+def solver_options(args: argparse.Namespace) -> dict:
+    return dict(grid=args.grid, lambda_min=args.lambda_min,
+                guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None)
 
 
 def sample_labels(run, args: argparse.Namespace):
@@ -227,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a 4x8 grid (and optionally a denoising GIF) from a run's checkpoint")
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt file")
     p.add_argument("--num", type=int, default=32)
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="dpmpp2m: DPM-Solver++(2M), good in 20 steps")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="dpmpp2m / dpmpp3m: DPM-Solver++(2M) / (3M), good in 20 steps")
     p.add_argument("--steps", type=int, default=100, help="DDIM / DPM-Solver steps (DDPM always runs all T)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--raw", action="store_true", help="sample from the raw weights instead of the EMA weights")
@@ -239,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "2-4 closer to the class; default: the run's guidance_scale, else 1)")
     p.add_argument("--aug-t", type=int, default=None,
                    help="a cascade: the noise level its stage's low-resolution input gets (default: its aug_t)")
+    add_solver_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")

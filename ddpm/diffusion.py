@@ -21,7 +21,7 @@ from ddpm.progress import progress_bar
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")  # dpmpp2m: DPM-Solver++(2M)
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "dpmpp3m")  # DPM-Solver++(2M) and (3M): ddpm/solvers.py
 NOISE_SAMPLINGS = ("uniform", "lognormal")
 # EDM's training distribution and loss weight (Karras et al. 2022, Table 1): ln(sigma) ~ N(P_mean, P_std^2), and
 # lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on the x0 error.
@@ -256,20 +256,18 @@ class GaussianDiffusion(nn.Module):
         """`steps` indices spread evenly over 0..T-1, always including both ends."""
         if not 1 <= steps <= self.timesteps:
             raise ValueError(f"DDIM steps must be between 1 and T={self.timesteps}, got {steps}")
-        if steps == 1:
-            return [self.timesteps - 1]
-        return sorted({round(i * (self.timesteps - 1) / (steps - 1)) for i in range(steps)})
+        from ddpm.solvers import step_grid
+
+        return step_grid(self, steps, "time")[::-1]
 
     def solver_timesteps(self, steps: int) -> list[int]:
         """`steps` indices evenly spaced in log-SNR (lambda) from t = T-1 down to 0, the spacing Lu et al. advise for
         low-resolution images: the uniform grid leaves too few steps at small t, where a 32 px image gets its detail."""
         if not 1 <= steps <= self.timesteps:
             raise ValueError(f"solver steps must be between 1 and T={self.timesteps}, got {steps}")
-        if steps == 1:
-            return [self.timesteps - 1]
-        lam = self.half_log_snr_f64  # decreasing in t
-        targets = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
-        return nearest_increasing(lam, targets)  # exactly `steps` distinct indices on the discrete grid
+        from ddpm.solvers import step_grid
+
+        return step_grid(self, steps, "lambda")[::-1]  # exactly `steps` distinct indices on the discrete grid
 
     def ddim_sigma(self, t: int, t_prev: int, eta: float) -> torch.Tensor:
         """Song et al. eq. 16: eta = 1 gives the DDPM posterior variance beta-tilde when t_prev = t - 1."""
@@ -294,31 +292,6 @@ class GaussianDiffusion(nn.Module):
         return (x_prev, x0) if return_x0 else x_prev
 
     @torch.no_grad()
-    def dpm_solver_step(self, model: Model, x_t, t: int, t_prev: int, *, clip: bool = True, previous=None):
-        """One step of DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the probability-flow ODE, in data prediction.
-
-        With lambda = log(alpha / sigma) and h = lambda_prev - lambda_t:
-            x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^-h - 1) D,
-        where D is x0_hat (first order: DDIM) or, from the second step on, the multistep blend of this x0_hat and the
-        previous step's, (1 + 1/2r) x0_hat - 1/2r x0_hat_previous with r = h_previous / h. The last step (to t = -1,
-        sigma = 0) returns x0_hat itself. Returns (x_prev, state), and `state` goes in as `previous` next step.
-        """
-        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        x0, _ = self.predict_x0_eps(model(x_t, t_batch), x_t, t_batch, clip)
-        if t_prev < 0:
-            return x0, None
-        a, a_prev = self.alpha_bar_f64[t], self.alpha_bar_f64[t_prev]
-        h = (self.half_log_snr_f64[t_prev] - self.half_log_snr_f64[t]).item()
-        d = x0
-        if previous is not None:
-            x0_previous, h_previous = previous
-            half_over_r = 0.5 * h / h_previous
-            d = (1 + half_over_r) * x0 - half_over_r * x0_previous
-        sigma_ratio = ((1 - a_prev) / (1 - a)).sqrt().item()
-        d_coef = -(a_prev.sqrt() * torch.expm1(torch.tensor(-h, dtype=torch.float64))).item()
-        return sigma_ratio * x_t + d_coef * d, (x0, h)
-
-    @torch.no_grad()
     def sample(
         self,
         model: Model,
@@ -334,12 +307,16 @@ class GaussianDiffusion(nn.Module):
         return_trajectory: bool = False,
         trajectory_frames: int = 50,
         progress: bool = False,
+        grid: str | None = None,
+        lambda_min: float | None = None,
     ):
         """Generate images in [-1, 1] from pure noise.
 
-        sampler="ddpm": ancestral sampling over all T steps (Algorithm 2). sampler="ddim": `steps` evenly spaced steps
-        (default T) with stochasticity `eta` (0 = deterministic given the starting noise). sampler="dpmpp2m":
-        DPM-Solver++(2M) on `steps` time steps evenly spaced in log-SNR (deterministic; good in 15-25 steps).
+        sampler="ddpm": ancestral sampling over all T steps (Algorithm 2). sampler="ddim": `steps` steps (default T)
+        with stochasticity `eta` (0 = deterministic given the starting noise). sampler="dpmpp2m" / "dpmpp3m":
+        DPM-Solver++(2M) / (3M), deterministic (ddpm/solvers.py). `grid` places the steps (solvers.GRIDS; default
+        "time" for DDIM, "lambda" for the solvers), from the noisiest index whose log-SNR is at least `lambda_min`
+        (default: from T-1); the starting noise stands for x_t there.
 
         With return_trajectory, also returns min(trajectory_frames, steps + 1) frames [(t, x_t, x0_hat), ...] on the
         CPU, t counted as in the paper (T for the starting noise, 0 for the result): x_t entering a sampler step and
@@ -360,23 +337,29 @@ class GaussianDiffusion(nn.Module):
             schedule = list(range(self.timesteps - 1, -1, -1))
             pairs = [(t, t - 1) for t in schedule]
         else:
-            grid = self.ddim_timesteps if sampler == "ddim" else self.solver_timesteps
-            schedule = grid(steps or self.timesteps)[::-1]
+            from ddpm.solvers import step_grid
+
+            grid = grid or ("time" if sampler == "ddim" else "lambda")
+            schedule = step_grid(self, steps or self.timesteps, grid, lambda_min=lambda_min)
             pairs = list(zip(schedule, schedule[1:] + [-1]))
+        if sampler == "ddpm" and (grid is not None or lambda_min is not None):
+            raise ValueError("the DDPM sampler walks every step: grid and lambda_min are for ddim and the solvers")
 
         keep = set()
         if return_trajectory:
             keep = set(self.trajectory_steps([t for t, _ in pairs], trajectory_frames))
         trajectory = []
-        state = None  # DPM-Solver++(2M)'s memory of the previous step
+        history = ()  # DPM-Solver++'s x0_hat of the previous steps
         for i, (t, t_prev) in enumerate(progress_bar(pairs, desc=f"{sampler} sampling", disable=not progress)):
             if sampler == "ddpm":
                 x_prev, x0 = self.p_sample(model, x, t, clip=clip, generator=generator, return_x0=True)
             elif sampler == "ddim":
                 x_prev, x0 = self.ddim_step(model, x, t, t_prev, eta=eta, clip=clip, generator=generator, return_x0=True)
             else:
-                x_prev, state = self.dpm_solver_step(model, x, t, t_prev, clip=clip, previous=state)
-                x0 = x_prev if state is None else state[0]  # its last step returns x0_hat itself, and no state
+                from ddpm.solvers import ORDERS, dpmpp_step
+
+                order = min(ORDERS[sampler], len(pairs) - i)  # lower orders at the last steps (Lu et al.'s code)
+                x_prev, x0, history = dpmpp_step(self, model, x, t, t_prev, order=order, clip=clip, history=history)
             if i in keep:  # index t is the paper's t + 1
                 trajectory.append((t + 1, x.detach().cpu(), x0.detach().cpu()))
             x = x_prev

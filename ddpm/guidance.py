@@ -19,11 +19,14 @@ def null_labels(model: nn.Module, batch: int, device) -> torch.Tensor:
     return torch.full((batch,), model.num_classes, dtype=torch.long, device=device)
 
 
-def guided(model: nn.Module, labels: torch.Tensor, scale: float = 1.0):
+def guided(model: nn.Module, labels: torch.Tensor, scale: float = 1.0, interval: tuple[int, int] | None = None):
     """`model` (a conditional UNet) sampled towards `labels` [B] (on its device) with guidance scale `scale`.
 
     s = 1 and s = 0 call the network once, on the labels or on the null label, so they give exactly the conditional
-    or the unconditional prediction. Any other s makes one forward pass over both halves, batched."""
+    or the unconditional prediction. Any other s makes one forward pass over both halves, batched. With `interval`
+    (t_low, t_high), indices as solvers.sigma_interval gives them, guidance applies only at those steps (Kynkaanniemi
+    et al. 2024: guidance at high noise costs diversity, at low noise it does little); every other step is the plain
+    conditional prediction, one network call."""
     if not getattr(model, "num_classes", 0):
         raise ValueError("guidance needs a class-conditional network (num_classes > 0); this one is unconditional")
     if not scale >= 0:
@@ -38,6 +41,8 @@ def guided(model: nn.Module, labels: torch.Tensor, scale: float = 1.0):
             raise ValueError(f"guidance: {labels.shape[0]} labels for a batch of {t.shape[0]} images")
         if scale in (0, 1):
             return model(x, t, step_labels)
+        if interval is not None and not interval[0] <= int(t[0]) <= interval[1]:
+            return model(x, t, labels)  # one call: the sampler's steps share one t across the batch
         conditional, unconditional = model(torch.cat([x, x]), torch.cat([t, t]), step_labels).chunk(2)
         return unconditional + scale * (conditional - unconditional)
 

@@ -24,6 +24,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import compile_module
 from ddpm.guidance import guided
 from ddpm.progress import progress_bar
+from ddpm.solvers import sigma_interval
 
 
 _compiled: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
@@ -55,6 +56,9 @@ def generate(
     progress: bool = True,
     labels: torch.Tensor | None = None,
     guidance_scale: float | None = None,
+    grid: str | None = None,
+    lambda_min: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """`num_images` samples as uint8 [N, 3, R, R] on the CPU.
 
@@ -66,7 +70,8 @@ def generate(
 
     A class-conditional model (num_classes > 0) needs `labels`, one class index per image, and is sampled with
     classifier-free guidance of scale `guidance_scale` (default 1: plain conditional; 0: unconditional, and then
-    labels may be left out). An unconditional model takes neither."""
+    labels may be left out), only at the steps whose sigma lies in `guidance_interval` (low, high] if given. An
+    unconditional model takes neither. `grid` and `lambda_min` place the sampler's steps (ddpm/solvers.py)."""
     device = torch.device(device)
     model = model.to(device).eval()
     diffusion = diffusion.to(device)
@@ -81,6 +86,11 @@ def generate(
     cascade = isinstance(model, Cascade)  # a base and a super-resolution stage: noise at the base's size
     net = compiled(model) if compile and not cascade else model
     noise_size = model.noise_size if cascade else size
+    solver = dict(grid=grid, lambda_min=lambda_min)
+    if guidance_interval is not None and labels is None:
+        raise ValueError("guidance_interval needs a class-conditional model sampled with labels")
+    base_diffusion = model.base_diffusion if cascade else diffusion  # whose steps the guidance interval counts
+    interval = sigma_interval(base_diffusion, *guidance_interval) if guidance_interval is not None else None
     batch = min(batch_size, num_images)
     batches = range(math.ceil(num_images / batch))
     out = []
@@ -90,17 +100,17 @@ def generate(
         step_model, batch_labels = net, None
         if labels is not None:  # this batch's labels (the surplus images of the last one take the first labels)
             batch_labels = labels[torch.arange(i * batch, (i + 1) * batch) % num_images]
-            step_model = net if cascade else guided(net, batch_labels.to(device), guidance_scale)
+            step_model = net if cascade else guided(net, batch_labels.to(device), guidance_scale, interval)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             if cascade:
                 x = model.sample(noise.contiguous(memory_format=memory_format), batch_labels, guidance_scale,
                                  sampler=sampler, steps=None if sampler == "ddpm" else steps, eta=eta,
-                                 generator=generator, device=device)
+                                 generator=generator, device=device, guidance_interval=interval, **solver)
             else:
                 x = diffusion.sample(
                     step_model, noise.shape, sampler=sampler, steps=None if sampler == "ddpm" else steps, eta=eta,
                     noise=noise.contiguous(memory_format=memory_format), generator=generator, device=device,
-                    progress=progress and len(batches) < 2,
+                    progress=progress and len(batches) < 2, **solver,
                 )
         out.append(to_uint8(x.float()).cpu())
     return torch.cat(out)[:num_images]

@@ -166,10 +166,10 @@ def exact_eps_model(d: GaussianDiffusion):
     return model
 
 
-def exact_ode_endpoint(d: GaussianDiffusion, x_T: torch.Tensor) -> torch.Tensor:
+def exact_ode_endpoint(d: GaussianDiffusion, x_T: torch.Tensor, t_start: int = -1) -> torch.Tensor:
     """The probability-flow ODE moves every x_t along its standardised value z = (x_t - a MU) / sqrt(a^2 S^2 + s^2),
-    which it keeps: x_0 = MU + S z_T."""
-    a2 = d.alpha_bar_f64[-1]
+    which it keeps: x_0 = MU + S z_T (x_T taken as x at index t_start, by default T-1)."""
+    a2 = d.alpha_bar_f64[t_start]
     return MU + S * (x_T.double() - a2.sqrt() * MU) / (a2 * S**2 + 1 - a2).sqrt()
 
 

@@ -225,10 +225,11 @@ def test_cli_reports_divergence_interrupts_and_os_errors_in_one_line(tmp_path, c
 def test_shown_source_names_the_package_file_even_for_decorated_methods():
     from ddpm.diffusion import GaussianDiffusion
     from ddpm.show import source_html, source_markdown
+    from ddpm.solvers import dpmpp_step
 
-    text = source_markdown(GaussianDiffusion.ddim_step, GaussianDiffusion.dpm_solver_step)
+    text = source_markdown(GaussianDiffusion.ddim_step, dpmpp_step)
     assert text.startswith("`ddpm/diffusion.py:") and "_contextlib" not in text
-    assert "def dpm_solver_step(" in text
+    assert "`ddpm/solvers.py:" in text and "def dpmpp_step(" in text
     shown = source_html(GaussianDiffusion.ddim_step)
     assert shown.startswith("<p><code>ddpm/diffusion.py:") and "_contextlib" not in shown
     assert "<pre" in shown and "monospace" in shown and ">ddim_step</span>" in shown  # highlighted, in the code font
@@ -243,3 +244,21 @@ def test_grids_and_images_drawn_on_the_gpu_are_saved(tmp_path):
     assert save_grid(images, tmp_path / "grid.png", scale=1).is_file()
     save_images(images, tmp_path / "images")
     assert len(list((tmp_path / "images").glob("*.png"))) == 4
+
+
+def test_the_notebooks_shown_source_is_the_packages():
+    # The notebook shows the code it runs: a package change must not leave an old copy in its outputs
+    import copy
+    import json
+
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    from refresh_sources import stale_cells
+
+    nb = json.loads((REPO_ROOT / "solution.ipynb").read_text())
+    assert stale_cells(nb) == [], "run: .venv/bin/python tools/refresh_sources.py"
+    index = next(i for i, c in enumerate(nb["cells"]) if "show_source(" in "".join(c["source"]))
+    old = copy.deepcopy(nb)
+    old["cells"][index]["outputs"][0]["data"]["text/html"] = ["<p><code>ddpm/diffusion.py:1</code></p>\n"]
+    assert [line.split(":")[0] for line in stale_cells(old)] == [f"cell {index}"]
+    stale_cells(old, fix=True)
+    assert stale_cells(old) == []
