@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ddpm import budget
 from ddpm.diffusion import SAMPLERS
-from ddpm.solvers import GRIDS, sigma_interval
+from ddpm.solvers import add_solver_flags, sigma_interval, solver_options
 from ddpm.config import PROFILES, Config, default_profile, get_config, parse_field
 
 
@@ -112,22 +112,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     save_grid(images, out, title=title)
     print(f"wrote {out}")
     return 0
-
-
-def add_solver_flags(p: argparse.ArgumentParser) -> None:
-    """Where the sampler's steps fall and where guidance applies (ddpm/solvers.py)."""
-    p.add_argument("--grid", choices=GRIDS, default=None,
-                   help="step placement: lambda (even in log-SNR), time (even in t) or edm (rho = 7 in sigma); "
-                        "default time for ddim, lambda for dpmpp2m/dpmpp3m")
-    p.add_argument("--lambda-min", type=float, default=None,
-                   help="start the steps at the noisiest t whose log-SNR lambda is at least this (default: at T-1)")
-    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                   help="guide only the steps whose sigma lies in (LOW, HIGH]; the others call the network once")
-
-
-def solver_options(args: argparse.Namespace) -> dict:
-    return dict(grid=args.grid, lambda_min=args.lambda_min,
-                guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None)
 
 
 def sample_labels(run, args: argparse.Namespace):

