@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm.config import display_path, get_config, resolve_path  # noqa: E402
-from ddpm.weights import LONG_RUN_RESULTS, LONG_RUN_WEIGHTS, read_json_lines  # noqa: E402
+from ddpm.files import append_json_line, read_json_lines  # noqa: E402
+from ddpm.weights import LONG_RUN_RESULTS, LONG_RUN_WEIGHTS  # noqa: E402
 
 STORE = resolve_path(LONG_RUN_RESULTS)
 SCORES, GUIDANCE, NEAREST = STORE / "scores.jsonl", STORE / "guidance.jsonl", STORE / "nearest.json"
@@ -95,9 +96,7 @@ def cmd_score(args) -> int:
                "floor_num_generated": floor["num_generated"], "floor_num_real": floor["num_real"],
                "num_generated": result["num_generated"], "num_real": result["num_real"],
                "seconds": round(time.perf_counter() - start, 1)}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_json_line(out, row)
         print(json.dumps(row), flush=True)
     return 0
 

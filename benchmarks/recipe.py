@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm.config import display_path, get_config, resolve_path  # noqa: E402
+from ddpm.files import append_json_line, read_json_lines  # noqa: E402
 
 RUNS_DIR = "runs/recipe"
 SCORES = Path(__file__).resolve().parent / "recipe-scores.jsonl"  # tracked: the scores outlive the run folders
@@ -88,7 +89,8 @@ def cmd_train(args) -> int:
 
 def export_ema2(config) -> Path:
     """The run's second EMA as a run folder of its own (<run>-ema2/), so that evaluate_run scores it as it is."""
-    from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
+    from ddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from ddpm.files import atomic_save
 
     state = load_checkpoint(config.run_dir / CHECKPOINT_NAME)
     if "ema2" not in state:
@@ -129,14 +131,13 @@ def cmd_score(args) -> int:
            "floor_kid_mean": floor["kid_mean"], "floor_kid_std": floor["kid_std"], "floor_fid": floor["fid"],
            "num_generated": result["num_generated"], "num_real": result["num_real"], "seed": args.seed,
            "grid": display_path(grid), "overrides": CANDIDATES[args.candidate][1]}
-    with open(SCORES, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_json_line(SCORES, row)
     print(json.dumps(row), flush=True)
     return 0
 
 
 def cmd_table(args) -> int:
-    rows = [json.loads(line) for line in SCORES.read_text().splitlines() if line.strip()] if SCORES.exists() else []
+    rows = read_json_lines(SCORES)
     latest = {(r["candidate"], r["kimg"]): r for r in rows}  # the last score of each candidate and length
     print("| candidate | kimg | KID x 1e3 (± std) | FID | floor KID x 1e3 | floor FID |")
     print("|---|---|---|---|---|---|")
@@ -149,7 +150,7 @@ def cmd_table(args) -> int:
 
 def latest_rows() -> list[dict]:
     """The last score of each candidate (and guidance scale, and EMA) at its longest length, best KID first."""
-    rows = [json.loads(line) for line in SCORES.read_text().splitlines() if line.strip()]
+    rows = read_json_lines(SCORES)
     latest = {}
     for row in rows:
         if row["candidate"] not in latest or row["kimg"] >= latest[row["candidate"]]["kimg"]:

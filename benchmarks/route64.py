@@ -60,7 +60,7 @@ def cmd_train(args) -> int:
 
 
 def read_rows() -> list[dict]:
-    from ddpm.weights import read_json_lines
+    from ddpm.files import read_json_lines
 
     return read_json_lines(STORE / "screen.jsonl")
 

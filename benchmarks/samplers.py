@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm.config import display_path, resolve_path  # noqa: E402
-from ddpm.weights import LONG_RUN_WEIGHTS, read_json_lines  # noqa: E402
+from ddpm.files import append_json_line, read_json_lines  # noqa: E402
+from ddpm.weights import LONG_RUN_WEIGHTS  # noqa: E402
 
 STORE = Path(__file__).resolve().parent / "samplers"
 SCORES = STORE / "scores.jsonl"
@@ -74,9 +75,7 @@ def score(settings: list[dict], *, seed: int, num: int, progress: bool) -> list[
                "num_generated": result["num_generated"], "num_real": result["num_real"],
                "floor_kid_mean": floor["kid_mean"], "floor_kid_std": floor["kid_std"], "floor_fid": floor["fid"],
                "sampling_seconds": result["sampling_seconds"], "seconds": round(time.perf_counter() - start, 1)}
-        STORE.mkdir(parents=True, exist_ok=True)
-        with open(SCORES, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_json_line(SCORES, row)
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

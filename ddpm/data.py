@@ -17,7 +17,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections import Counter
@@ -31,6 +30,8 @@ from urllib.error import URLError
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ddpm.files import atomic_save, sha256
 
 T = TypeVar("T")
 
@@ -142,15 +143,6 @@ def to_model_input(
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Inverse of to_model_input: float in [-1, 1] -> uint8 [0, 255] (clamped, rounded)."""
     return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-
-
-def archive_sha256(path: Path | str) -> str:
-    """Hex sha256 of a file (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def class_counts(data: ImageData) -> Counter:
@@ -352,7 +344,7 @@ def _read_cache(path: Path, resolution: int) -> _Decoded | None:
 
 
 def _write_cache(path: Path, decoded: _Decoded) -> None:
-    """Atomic write (temp file + os.replace) so that an interrupted run never leaves a half file behind."""
+    """Atomic write, so that an interrupted run never leaves a half file behind."""
     payload = {
         "format": _CACHE_FORMAT,
         "images": decoded.images,
@@ -360,20 +352,10 @@ def _write_cache(path: Path, decoded: _Decoded) -> None:
         "labels": decoded.labels,
         "splits": decoded.splits,
     }
-    tmp_name = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600 files; the cache is not secret
-        os.replace(tmp_name, path)
-        tmp_name = None
+        atomic_save(payload, path)
     except OSError as err:  # read-only data dir (e.g. a container): work without a cache
         warnings.warn(f"could not write cache file {path} ({err}); continuing without a cache")
-    finally:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.remove(tmp_name)
 
 
 def _load_cached(
@@ -456,7 +438,7 @@ def _load_zip(
     require_labels: bool,
 ) -> ImageData:
     """Images of a zip (sorted names), labels from its labels.csv if any, else from parent folders."""
-    sha = archive_sha256(path)
+    sha = sha256(path)
     with _open_zip(path) as zf:
         names = zf.namelist()
         members = sorted(m for m in names if _is_image_name(m))

@@ -31,7 +31,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ddpm.checkpoint import atomic_save, atomic_write_text
+from ddpm.files import atomic_save, atomic_write_text
 from ddpm.diffusion import SAMPLERS
 from ddpm.solvers import add_solver_flags, counted_calls, solver_options
 from ddpm.progress import progress_bar

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
+from ddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ddpm.files import atomic_write_text
 from ddpm.config import REPO_ROOT, display_path, get_config
 from ddpm.plan import EvalSpec, Plan, build_plan
 

@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddpm import data as ddpm_data
 from ddpm.cascade import Cascade, as_cascade, augment, lowres_images, stage_batch
-from ddpm.checkpoint import CHECKPOINT_NAME, atomic_save, first_mismatch, load_checkpoint, load_weights
+from ddpm.checkpoint import CHECKPOINT_NAME, first_mismatch, load_checkpoint, load_weights
+from ddpm.files import atomic_save, read_json_lines
 from ddpm.config import RUNTIME_FIELDS, Config, display_path, resolve_path
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_mean, barrier, compile_module,
@@ -576,8 +577,7 @@ def truncate_stats(path: Path, step: int) -> None:
 
 
 def read_stats(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "stats.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_json_lines(Path(run_dir) / "stats.jsonl")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

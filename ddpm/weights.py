@@ -14,14 +14,14 @@ FID results) goes to `outputs/<name>/` instead of the folder itself, so a clone'
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from ddpm.checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_save, atomic_write_text, load_checkpoint
+from ddpm.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from ddpm.files import atomic_save, atomic_write_text, read_json_lines, sha256
 from ddpm.config import resolve_path
 from ddpm.labels import LABELS_JSON
 
@@ -48,14 +48,6 @@ def is_weights_folder(path: Path | str) -> bool:
 def outputs_dir(folder: Path | str) -> Path:
     """Where grids and results made from a shipped folder go: outputs/<its name>/."""
     return resolve_path(OUTPUTS_DIR) / Path(folder).resolve().name
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ema_state_dict(state: dict, dtype: torch.dtype | None = None, which: str = "ema") -> dict[str, torch.Tensor]:
@@ -140,11 +132,6 @@ def load_weights_file(folder: Path | str, map_location="cpu") -> dict:
     state = load_checkpoint(folder / WEIGHTS_NAME, map_location=map_location, required=("config", "step", "ema"))
     state["ema"] = {k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}
     return state
-
-
-def read_json_lines(path: Path) -> list[dict]:
-    """The rows of a JSON-lines file (blank lines skipped); [] when it does not exist."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def long_run_results(folder: Path | str = LONG_RUN_RESULTS) -> dict:

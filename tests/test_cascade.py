@@ -193,7 +193,8 @@ def test_a_stage_whose_base_is_missing_or_does_not_match_is_one_error_line(stage
     import shutil
 
     from ddpm.cli import main
-    from ddpm.weights import SUMS_NAME, WEIGHTS_NAME, sha256
+    from ddpm.files import sha256
+    from ddpm.weights import SUMS_NAME, WEIGHTS_NAME
 
     def with_base(name, base):
         folder = tmp_path / name

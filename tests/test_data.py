@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import ddpm.data as data_module
+from ddpm.files import sha256
 from ddpm.data import (
     DATA_DIR,
     DatasetError,
     ImageData,
-    archive_sha256,
     class_counts,
     load_images,
     to_model_input,
@@ -82,7 +82,7 @@ def test_flowers_archive_is_complete_and_matches_provenance(flowers: ImageData) 
     assert flowers.labels[0] == "77"  # PROVENANCE: image_00001 -> 77
     provenance = (DATA_DIR / "flowers102" / "PROVENANCE.md").read_text()
     written_sha = re.search(r"sha256 `([0-9a-f]{64})`", provenance).group(1)
-    assert archive_sha256(FLOWERS_ZIP) == written_sha == flowers.sha256
+    assert sha256(FLOWERS_ZIP) == written_sha == flowers.sha256
     with zipfile.ZipFile(FLOWERS_ZIP) as zf:  # headers only: every stored image really is 64x64 RGB
         jpgs = [n for n in zf.namelist() if n.endswith(".jpg")]
         assert len(jpgs) == 8189
@@ -94,7 +94,7 @@ def test_flowers_archive_is_complete_and_matches_provenance(flowers: ImageData) 
 def test_every_bundled_archive_matches_its_provenance_sha() -> None:
     for name in ("flowers102", "pets", "craters"):
         provenance = (DATA_DIR / name / "PROVENANCE.md").read_text()
-        assert re.search(r"sha256 `([0-9a-f]{64})`", provenance).group(1) == archive_sha256(
+        assert re.search(r"sha256 `([0-9a-f]{64})`", provenance).group(1) == sha256(
             DATA_DIR / name / f"{name}-64.zip"
         )
 
@@ -148,7 +148,7 @@ def test_zip_of_odd_images(odd_images: Path, tmp_path: Path) -> None:
     assert from_zip.images.shape == (6, 3, 16, 16)
     assert torch.equal(from_zip.images, from_folder.images)
     assert from_zip.labels == from_folder.labels
-    assert from_zip.sha256 == archive_sha256(zip_path)
+    assert from_zip.sha256 == sha256(zip_path)
 
 
 def test_bundled_zip_through_folder_equals_bundled(craters: ImageData) -> None:

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from ddpm.checkpoint import atomic_save
+from ddpm.files import atomic_save
 from ddpm.train import TrainingDiverged, TrainLoop, load_run, read_stats, train, train_or_load
 
 
@@ -257,7 +257,7 @@ def test_time_cap_is_checked_against_the_training_seconds_of_earlier_sessions(ti
 def test_atomic_writes_give_the_files_the_usual_permissions_not_mkstemps_0600(tmp_path):
     import os
 
-    from ddpm.checkpoint import atomic_save, atomic_write_text
+    from ddpm.files import atomic_save, atomic_write_text
 
     umask = os.umask(0o022)
     try:
