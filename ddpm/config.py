@@ -238,7 +238,6 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
-        values = {k: v for k, v in values.items() if k not in RETIRED_FIELDS}  # run folders of older versions load
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -257,10 +256,6 @@ def display_path(path: Path) -> str:
     """A path as messages show it: relative to the repository when inside it (notebook outputs stay machine-free)."""
     path = Path(path)
     return str(path.relative_to(REPO_ROOT)) if path.is_absolute() and path.is_relative_to(REPO_ROOT) else str(path)
-
-
-# Runtime fields of earlier versions, ignored when an old config.json or checkpoint is read.
-RETIRED_FIELDS: frozenset[str] = frozenset()
 
 
 def resolve_path(path: str) -> Path:

@@ -201,7 +201,7 @@ class _UnreadableImage(DatasetError):
 _OBJECT_REPR = re.compile(r"<[^<>]*? object at 0x[0-9a-fA-F]+>")
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """A message on one line, without Python object reprs such as <_io.BytesIO object at 0x...>."""
     return " ".join(_OBJECT_REPR.sub("the file", text).split())
 
@@ -212,7 +212,7 @@ def _decode_failure(data: bytes, err: Exception) -> str:
         return "empty file"
     if isinstance(err, UnidentifiedImageError):  # its message names an io.BytesIO, not the file
         return "not an image PIL can read"
-    message = _one_line(str(err))
+    message = one_line(str(err))
     if message.startswith("image file is truncated"):
         return "truncated" + message[len("image file is truncated"):]
     if isinstance(err, OSError) and message:
@@ -423,7 +423,7 @@ def _read_member(zf: zipfile.ZipFile, member: str) -> bytes | _UnreadableImage:
     try:
         return zf.read(member)
     except (zipfile.BadZipFile, OSError, EOFError) as err:  # bad CRC, truncated archive
-        return _UnreadableImage(member, f"cannot read it from the archive: {_one_line(str(err)) or type(err).__name__}")
+        return _UnreadableImage(member, f"cannot read it from the archive: {one_line(str(err)) or type(err).__name__}")
 
 
 def _load_zip(

@@ -11,7 +11,6 @@ A class-conditional run also takes labels (class indices) and a guidance scale:
 from __future__ import annotations
 
 import math
-import time
 import weakref
 from typing import Sequence
 
@@ -138,18 +137,6 @@ def _check_labels(model: nn.Module, num_images: int, labels, guidance_scale):
         raise ValueError(f"labels must be class indices 0..{model.num_classes - 1} (or {model.num_classes}, the null "
                          f"label), got {labels.min().item()}..{labels.max().item()}")
     return labels, scale
-
-
-def time_sampler(model, diffusion, num_images: int, **kwargs) -> tuple[torch.Tensor, float]:
-    """generate() and its wall-clock seconds (synchronising CUDA so the figure is honest)."""
-    device = torch.device(kwargs.get("device", "cpu"))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    images = generate(model, diffusion, num_images, **kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return images, time.perf_counter() - start
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
