@@ -51,7 +51,7 @@ def snapshots(run_dir: Path, every_kimg: float | None = None, kimg: list[float] 
               half_life: float | None = None) -> list:
     """The run's snapshots (both EMAs) as loaded runs, oldest first; with every_kimg, only those at its multiples;
     with kimg, only those at these thousands of images; with half_life, only that EMA's."""
-    from ddpm.train import load_run
+    from ddpm.runfolder import load_run
 
     chosen = []
     for folder in sorted((run_dir / "snapshots").glob("*kimg*")):
@@ -121,7 +121,7 @@ def cmd_nearest(args) -> int:
     from ddpm.metrics import (InceptionFeatures, dataset_features, extract_features, nearest_neighbours,
                               reference_indices)
     from ddpm.sample import generate
-    from ddpm.train import load_run
+    from ddpm.runfolder import load_run
     from ddpm.viz import plot_distance_histograms, save_grid
 
     run, feature = load_run(args.weights), InceptionFeatures()

@@ -72,7 +72,7 @@ def score(run_dir: Path, route: str, *, num: int, guidance: float, seed: int, pr
     import torch
 
     from ddpm.metrics import InceptionFeatures, evaluate_run, real_floor, samples_path, result_name
-    from ddpm.train import load_run
+    from ddpm.runfolder import load_run
     from ddpm.viz import save_grid
 
     start = time.perf_counter()

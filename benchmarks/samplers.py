@@ -138,7 +138,7 @@ def cmd_time(args) -> int:
     """Seconds for 32 images (after one warm-up batch), and the calls counted, per setting given."""
     from ddpm.sample import generate
     from ddpm.solvers import counted_calls
-    from ddpm.train import load_run
+    from ddpm.runfolder import load_run
 
     run = load_run(LONG_RUN_WEIGHTS)
     for spec in args.settings:  # sampler:steps[:grid[:lambda_min[:low,high]]]

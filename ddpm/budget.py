@@ -46,7 +46,7 @@ NOTEBOOK_RENDER_S = 60.0
 def network_flops(config: Config, train: bool = False, size: int | None = None) -> float:
     """FLOPs per image of the config's network at its resolution (or `size`): one forward pass, or (train=True) a
     forward and a backward pass. Counted by FlopCounterMode on the real network, built on the meta device."""
-    from ddpm.train import build_model
+    from ddpm.runfolder import build_model
 
     with torch.device("meta"):
         model = build_model(config)
@@ -145,7 +145,7 @@ def plan_costs(plan: Plan, *, mfu: float = MFU, peak_tflops: float = PEAK_TFLOPS
 
 
 def fixed_costs(plan: Plan) -> list[Cost]:
-    from ddpm.train import count_config_parameters
+    from ddpm.runfolder import count_config_parameters
 
     configs = [spec.config for spec in plan.runs.values()]
     compiling = [c for c in configs if c.compile]

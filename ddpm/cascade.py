@@ -150,7 +150,7 @@ def load_base(config, stage_dir: Path, classes=None, device: str | torch.device 
     stage: it samples at the stage's lowres and knows the same labels (`classes`, the stage's). One error line naming
     the folder if not."""
     from ddpm.config import display_path, resolve_path
-    from ddpm.train import load_run
+    from ddpm.runfolder import load_run
 
     if not config.base:
         raise ValueError(f"{display_path(stage_dir)} is a super-resolution stage without a base: set its config's "

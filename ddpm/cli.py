@@ -64,7 +64,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ddpm.distributed import resolve_device
     from ddpm.guidance import guided
     from ddpm.sample import generate
-    from ddpm.train import load_run
+    from ddpm.runfolder import load_run
     from ddpm.viz import GIF_FRAMES, save_denoising_gif, save_grid, save_images
 
     device = resolve_device(args.device)
@@ -145,7 +145,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from ddpm.sample import generate
-    from ddpm.train import load_run
+    from ddpm.runfolder import load_run
     from ddpm.weights import WEIGHTS_NAME, export_weights, verify
 
     dtype = {"fp16": torch.float16, "fp32": torch.float32}[args.dtype]

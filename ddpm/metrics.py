@@ -463,7 +463,7 @@ def evaluate_run(
     and returns it (a shipped weights folder: to outputs/<its name>/ instead)."""
     from ddpm.data import load_images
     from ddpm.sample import generate
-    from ddpm.train import load_run
+    from ddpm.runfolder import load_run
 
     start = time.perf_counter()
     device = _device(device)

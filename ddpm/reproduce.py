@@ -113,7 +113,7 @@ def artifacts(plan: Plan) -> dict[str, tuple[int, int]]:
 
 
 def plan_is_made(plan: Plan) -> bool:
-    from ddpm.train import run_is_finished
+    from ddpm.runfolder import run_is_finished
 
     return (all(run_is_finished(spec.config) for spec in plan.runs.values())
             and all(stored_result(plan, spec) is not None for spec in plan.evaluations))
@@ -123,7 +123,7 @@ def plan_is_made(plan: Plan) -> bool:
 # The results files
 def training_row(plan: Plan, key: str) -> dict:
     """One row of the training table, from the run's checkpoint and stats (no network is loaded)."""
-    from ddpm.train import count_config_parameters, read_stats
+    from ddpm.runfolder import count_config_parameters, read_stats
 
     cfg = plan.run_config(key)
     state = load_checkpoint(cfg.run_dir / CHECKPOINT_NAME, mmap=True)

@@ -141,7 +141,7 @@ def readme_results_block(profile: str, figures_dir: Path | None = None, readme: 
 def _long_run_lines(figures: Path, relative: str, hardware: str) -> list[str]:
     """The README's lead: the long run's grid and denoising GIF (as the notebook drew them) and its stored scores at
     its guidance scale (benchmarks/long-run/); nothing when the notebook has not drawn them."""
-    from ddpm.train import load_run
+    from ddpm.runfolder import load_run
     from ddpm.weights import LONG_RUN_RESULTS, LONG_RUN_WEIGHTS, long_run_results
 
     if not (figures / "grid-cpu-long-seed123.png").is_file():

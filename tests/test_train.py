@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ddpm.files import atomic_save
-from ddpm.train import TrainingDiverged, TrainLoop, load_run, read_stats, train, train_or_load
+from ddpm.runfolder import read_stats
+from ddpm.train import TrainingDiverged, TrainLoop, load_run, train, train_or_load
 
 
 def weights(module):

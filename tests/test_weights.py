@@ -10,7 +10,8 @@ from ddpm.cli import main
 from ddpm.config import Config
 from ddpm.metrics import evaluate_run
 from ddpm.sample import generate
-from ddpm.train import TrainLoop, load_run, read_stats, train
+from ddpm.runfolder import read_stats
+from ddpm.train import TrainLoop, load_run, train
 from test_metrics import StandInFeatures
 
 
