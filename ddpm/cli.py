@@ -72,7 +72,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run.set_aug_t(args.aug_t)
     model = run.weights(raw=args.raw)
     weights = "raw" if args.raw else "EMA"
-    steps = None if args.sampler == "ddpm" else args.steps
+    steps = None if args.sampler == "ddpm" else args.steps or run.config.solver_steps
     labels, scale, what = sample_labels(run, args)
     out = Path(args.out) if args.out else run.out_dir / (
         f"samples-{weights.lower()}-{args.sampler}{steps or ''}{f'-g{scale:g}' if scale is not None else ''}"
@@ -235,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a 4x8 grid (and optionally a denoising GIF) from a run's checkpoint")
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt file")
     p.add_argument("--num", type=int, default=32)
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                   help="dpmpp2m / dpmpp3m: DPM-Solver++(2M) / (3M), good in 20 steps")
-    p.add_argument("--steps", type=int, default=100, help="DDIM / DPM-Solver steps (DDPM always runs all T)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp2m",
+                   help="dpmpp2m / dpmpp3m: DPM-Solver++(2M) / (3M); default dpmpp2m, the evaluations' sampler")
+    p.add_argument("--steps", type=int, default=None,
+                   help="DDIM / DPM-Solver steps (default: the run's solver_steps, 20; DDPM always runs all T)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--raw", action="store_true", help="sample from the raw weights instead of the EMA weights")
     p.add_argument("--label", default=None,

@@ -143,7 +143,7 @@ def test_cli_train_then_sample(tmp_path, capsys):
     top = int(1.6 * viz.TITLE_SIZE)
     assert np.array_equal(first, grid[top + 3 * 2: top + 3 * 34: 3, 3 * 2: 3 * 34: 3])  # the grid's first tile
     assert "wrote 4 images of 32x32 px" in capsys.readouterr().out
-    assert not (run_dir / "samples-ema-ddim3.png").exists()  # no grid unless --out is given
+    assert not (run_dir / "samples-ema-dpmpp2m3.png").exists()  # no grid unless --out is given
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):

@@ -101,7 +101,7 @@ def test_sample_and_fid_read_a_shipped_folder_and_never_write_into_it(conditiona
     assert main(["sample", "--checkpoint", str(folder), "--label", "passion flower", "--guidance-scale", "2",
                  "--num", "3", "--steps", "2"]) == 0
     assert "of 'passion flower' (label 77), guidance 2" in capsys.readouterr().out
-    assert (outputs / "shipped" / "samples-ema-ddim2-g2-passion-flower.png").is_file()
+    assert (outputs / "shipped" / "samples-ema-dpmpp2m2-g2-passion-flower.png").is_file()
     assert main(["sample", "--checkpoint", str(folder), "--num", "3", "--steps", "2", "--out-dir",
                  str(tmp_path / "each")]) == 0
     assert len(list((tmp_path / "each").glob("*.png"))) == 3
