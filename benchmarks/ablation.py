@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddpm.config import get_config  # noqa: E402
 from ddpm.data import load_images  # noqa: E402
+from ddpm.evaluate import evaluate_run  # noqa: E402
 from ddpm.metrics import (  # noqa: E402
-    REFERENCE_SUBSET_SEED, InceptionFeatures, dataset_features, evaluate_run, extract_features, kid_from_features,
+    REFERENCE_SUBSET_SEED, InceptionFeatures, dataset_features, extract_features, kid_from_features,
 )
 from ddpm.train import train  # noqa: E402
 

@@ -24,7 +24,8 @@ from ddpm.config import display_path, resolve_path  # noqa: E402
 
 def sweep(run: str, scales: list[float], *, num: int, num_real: int | None, device=None, progress: bool = False,
           out: Path | None = None, say=print) -> list[dict]:
-    from ddpm.metrics import InceptionFeatures, evaluate_run
+    from ddpm.metrics import InceptionFeatures
+    from ddpm.evaluate import evaluate_run
     from ddpm.runfolder import load_run
 
     loaded = load_run(run)

@@ -68,7 +68,8 @@ def read_scores(resolution: int = 32) -> list[dict]:
 
 
 def cmd_score(args) -> int:
-    from ddpm.metrics import InceptionFeatures, evaluate_run, real_floor
+    from ddpm.metrics import InceptionFeatures
+    from ddpm.evaluate import evaluate_run, real_floor
 
     profile = get_config(args.profile, use_env=False)
     run_dir = Path(args.run_dir) if args.run_dir else profile.run_dir

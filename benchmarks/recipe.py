@@ -104,7 +104,8 @@ def export_ema2(config) -> Path:
 
 
 def cmd_score(args) -> int:
-    from ddpm.metrics import InceptionFeatures, evaluate_run, real_floor, result_name, samples_path
+    from ddpm.metrics import InceptionFeatures
+    from ddpm.evaluate import evaluate_run, real_floor, result_name, samples_path
     from ddpm.viz import save_grid
 
     config = candidate_config(args.candidate)
@@ -160,7 +161,7 @@ def latest_rows() -> list[dict]:
 
 def cmd_sheet(args) -> int:
     """The first 16 samples of each candidate's latest score, under its name, KID and length: one PNG to look at."""
-    from ddpm.metrics import samples_path
+    from ddpm.evaluate import samples_path
     from ddpm.viz import save_grid_row
 
     grids = {}

@@ -71,7 +71,8 @@ def score(run_dir: Path, route: str, *, num: int, guidance: float, seed: int, pr
     4x8 grid in benchmarks/route64/<grid>.png."""
     import torch
 
-    from ddpm.metrics import InceptionFeatures, evaluate_run, real_floor, samples_path, result_name
+    from ddpm.metrics import InceptionFeatures
+    from ddpm.evaluate import evaluate_run, real_floor, samples_path, result_name
     from ddpm.runfolder import load_run
     from ddpm.viz import save_grid
 

@@ -53,7 +53,8 @@ def setting(sampler, steps, grid=None, lambda_min=None, scale=GUIDANCE, interval
 
 def score(settings: list[dict], *, seed: int, num: int, progress: bool) -> list[dict]:
     """Score each setting not yet scored at this seed, appending its row to SCORES."""
-    from ddpm.metrics import InceptionFeatures, evaluate_run, real_floor
+    from ddpm.metrics import InceptionFeatures
+    from ddpm.evaluate import evaluate_run, real_floor
 
     done = {key(row) for row in read_json_lines(SCORES)}
     todo = list({key({**s, "seed": seed}): s for s in settings if key({**s, "seed": seed}) not in done}.values())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ddpm import budget
 from ddpm.diffusion import SAMPLERS
+from ddpm.metrics import KID_SUBSET_SIZE, KID_SUBSETS
 from ddpm.solvers import add_solver_flags, sigma_interval, solver_options
 from ddpm.config import PROFILES, Config, default_profile, get_config, parse_field
 from ddpm.data import one_line
@@ -187,6 +188,36 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fid(args: argparse.Namespace) -> int:
+    """Score a run, or two halves of a dataset; prints the result as JSON."""
+    from ddpm.evaluate import evaluate_run, real_vs_real, result_name
+
+    if args.real_vs_real:
+        result = real_vs_real(args.dataset, args.resolution, num_images=args.num_images, seed=args.seed,
+                              batch_size=args.batch_size or 64, device=args.device, kid_subset_size=args.kid_subset_size,
+                              kid_subsets=args.kid_subsets, cache_dir=args.cache_dir)
+    else:
+        if not args.checkpoint:
+            print("fid: give --checkpoint RUN_DIR (a run folder), or --real-vs-real --dataset NAME", file=sys.stderr)
+            return 2
+        if not Path(args.checkpoint).exists():
+            print(f"fid: --checkpoint {args.checkpoint}: no such run folder or file", file=sys.stderr)
+            return 2
+        result = evaluate_run(args.checkpoint, num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
+                              eta=args.eta, use_ema=not args.raw, batch_size=args.batch_size, device=args.device,
+                              seed=args.seed, kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets,
+                              num_real=args.num_real, cache_dir=args.cache_dir, guidance_scale=args.guidance_scale,
+                              aug_t=args.aug_t, **solver_options(args))
+        run_dir = Path(args.checkpoint)
+        run_dir = run_dir.parent if run_dir.is_file() else run_dir
+        from ddpm.weights import is_weights_folder, outputs_dir
+
+        run_dir = outputs_dir(run_dir) if is_weights_folder(run_dir) else run_dir
+        print(f"wrote {run_dir / 'metrics' / (result_name(result) + '.json')}", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ddpm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,9 +305,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare this many samples of the run and of the folder (0: skip)")
     p.set_defaults(func=cmd_export)
 
-    from ddpm.metrics import add_fid_parser, run_fid_command
-
-    add_fid_parser(sub).set_defaults(func=run_fid_command)
+    p = sub.add_parser(
+        "fid", help="FID/KID of a trained run (offline, TF-FID Inception)",
+        description="Sample from a run and score the samples with FID and KID against the run's dataset; "
+                    "results go to RUN_DIR/metrics/. With --real-vs-real: FID between two halves of a dataset.",
+    )
+    p.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder (or its checkpoint.pt)")
+    p.add_argument("--num-samples", type=int, default=None,
+                        help="images to generate (default: the run's fid_samples)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                        help="dpmpp2m / dpmpp3m: DPM-Solver++(2M) / (3M)")
+    p.add_argument("--steps", type=int, default=100, help="DDIM / DPM-Solver steps (DDPM always uses all T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                        help="class-conditional runs: classifier-free guidance scale (default: the run's "
+                             "guidance_scale, else 1); the labels are drawn with the data's label frequencies")
+    p.add_argument("--aug-t", type=int, default=None,
+                        help="a cascade: the noise level its stage's low-resolution input gets (default: its aug_t)")
+    add_solver_flags(p)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's fid_batch_size (64 with "
+                        "--real-vs-real)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-real", type=int, default=None,
+                        help="real images to compare with (default: all; on a CPU pass e.g. 1000)")
+    p.add_argument("--kid-subset-size", type=int, default=KID_SUBSET_SIZE)
+    p.add_argument("--kid-subsets", type=int, default=KID_SUBSETS)
+    p.add_argument("--cache-dir", default=None, help="where real-image features are cached (data/.cache/fid)")
+    p.add_argument("--real-vs-real", action="store_true", help="FID between two halves of --dataset")
+    p.add_argument("--dataset", default="flowers102", help="dataset of --real-vs-real")
+    p.add_argument("--resolution", type=int, default=64, help="resolution of --real-vs-real")
+    p.add_argument("--num-images", type=int, default=None, help="--real-vs-real: images in all (default: all)")
+    p.set_defaults(func=cmd_fid)
     return parser
 
 

@@ -53,8 +53,8 @@ class EvalSpec:
 
     @property
     def name(self) -> str:
-        """The result's file stem in run_dir/metrics/: ddpm.metrics.result_name of this evaluation."""
-        from ddpm.metrics import result_name
+        """The result's file stem in run_dir/metrics/: ddpm.evaluate.result_name of this evaluation."""
+        from ddpm.evaluate import result_name
 
         return result_name({"weights": self.weights, "sampler": self.sampler, "steps": self.steps, "eta": self.eta,
                             "guidance_scale": self.guidance_scale, "num_generated": self.num_generated})
@@ -77,7 +77,7 @@ class Plan:
     config: Config  # the profile's config (with env overrides): the improved run's
     runs: dict[str, RunSpec]
     evaluations: tuple[EvalSpec, ...]
-    floor: EvalSpec  # real flowers held out from the reference set, scored like generated ones (metrics.real_floor)
+    floor: EvalSpec  # real flowers held out from the reference set, scored like generated ones (evaluate.real_floor)
 
     def run_config(self, key: str) -> Config:
         return self.runs[key].config

@@ -45,7 +45,8 @@ def make_run(plan: Plan, key: str, *, device=None, verbose: bool = True):
 def stored_result(plan: Plan, spec: EvalSpec, feature=None) -> dict | None:
     """The result of an evaluation, if one was stored for the run's current checkpoint with the same real images
     and feature network; else None."""
-    from ddpm.metrics import InceptionFeatures, feature_network_name, samples_path
+    from ddpm.metrics import InceptionFeatures, feature_network_name
+    from ddpm.evaluate import samples_path
 
     path = plan.result_path(spec)
     if not path.is_file():
@@ -66,8 +67,8 @@ def stored_result(plan: Plan, spec: EvalSpec, feature=None) -> dict | None:
 
 
 def make_evaluation(plan: Plan, spec: EvalSpec, *, device=None, feature=None, progress: bool = False) -> dict:
-    """The result of an evaluation of the plan: the stored one, else computed now (ddpm.metrics.evaluate_run)."""
-    from ddpm.metrics import evaluate_run
+    """The result of an evaluation of the plan: the stored one, else computed now (ddpm.evaluate.evaluate_run)."""
+    from ddpm.evaluate import evaluate_run
 
     result = stored_result(plan, spec, feature)
     if result is not None:
@@ -84,15 +85,15 @@ def evaluation_samples(plan: Plan, spec: EvalSpec, *, device=None) -> dict:
     first if it is missing (make_evaluation)."""
     import torch
 
-    from ddpm.metrics import samples_path
+    from ddpm.evaluate import samples_path
 
     make_evaluation(plan, spec, device=device)
     return torch.load(samples_path(plan.result_path(spec)), map_location="cpu", weights_only=True)
 
 
 def make_floor(plan: Plan, *, device=None, feature=None, progress: bool = False) -> dict:
-    """The plan's floor: held-out real images scored like generated ones (ddpm.metrics.real_floor; cached)."""
-    from ddpm.metrics import real_floor
+    """The plan's floor: held-out real images scored like generated ones (ddpm.evaluate.real_floor; cached)."""
+    from ddpm.evaluate import real_floor
 
     cfg, floor = plan.config, plan.floor
     return real_floor(cfg.dataset, cfg.resolution, num_held_out=floor.num_generated, num_real=floor.num_real,
@@ -139,7 +140,7 @@ def training_row(plan: Plan, key: str) -> dict:
 def write_results(plan: Plan, hardware: str, extra: dict | None = None) -> tuple[Path, Path]:
     """figures/<profile>/results.md and results.json from the plan's runs and stored results. Keys of `extra` (the
     notebook adds its sampling timings) are merged in; earlier extra keys are kept."""
-    from ddpm.metrics import results_table
+    from ddpm.evaluate import results_table
 
     results = [stored_result(plan, spec) for spec in plan.evaluations]
     missing = [spec.label for spec, result in zip(plan.evaluations, results) if result is None]

@@ -1,8 +1,7 @@
-"""FID/KID (ddpm.metrics). Most tests use a tiny fixed random conv net as the feature network; ONE test
+"""FID/KID (ddpm.metrics) and the evaluation of runs (ddpm.evaluate). Most tests use a tiny fixed random conv net as the feature network; ONE test
 (test_REAL_INCEPTION_matches_fid_helper) runs the real TF-FID Inception on 2x16 images (~20-40 s on 2 CPU cores)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import warnings
@@ -12,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm import metrics
+from ddpm import evaluate, metrics
 from ddpm.data import ImageData, load_images
 
 
@@ -180,24 +179,24 @@ def test_results_files_table_and_cli_errors(tmp_path, capsys):
     base = dict(fid=12.3456, kid_mean=0.01234, kid_std=0.001, num_generated=16, num_real=64, sampler="ddim",
                 steps=5, eta=0.0, weights="ema", dataset="flowers102", resolution=32, step=2, seconds=1.5)
     for name, fid in (("run-a", 12.3456), ("run-b", 7.5)):
-        metrics.save_result(tmp_path / name, {**base, "fid": fid})
-    metrics.save_result(tmp_path / "run-a", {**base, "weights": "raw", "fid": 20.0})
+        evaluate.save_result(tmp_path / name, {**base, "fid": fid})
+    evaluate.save_result(tmp_path / "run-a", {**base, "weights": "raw", "fid": 20.0})
     assert (tmp_path / "run-a" / "metrics" / "ema-ddim-5-n16.json").is_file()
     assert len((tmp_path / "run-a" / "metrics.jsonl").read_text().splitlines()) == 2
 
-    results = metrics.load_results([tmp_path / "run-a", tmp_path / "run-b", tmp_path / "no-results"])
+    results = evaluate.load_results([tmp_path / "run-a", tmp_path / "run-b", tmp_path / "no-results"])
     assert [(r["run"], r["weights"]) for r in results] == [("run-a", "ema"), ("run-a", "raw"), ("run-b", "ema")]
-    table = metrics.results_table(results).splitlines()
+    table = evaluate.results_table(results).splitlines()
     assert table[0].startswith("| run | weights |") and len(table) == 5
     assert "| run-a | ema | ddim | 5 |" in table[2] and "12.35" in table[2] and "0.0123 ± 0.0010" in table[2]
 
-    parser = argparse.ArgumentParser()
-    metrics.add_fid_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["fid", "--num-samples", "8"])
-    assert args.command_fn(args) == 2 and "--checkpoint" in capsys.readouterr().err
-    args = parser.parse_args(["fid", "--checkpoint", str(tmp_path / "missing"), "--raw", "--steps", "5"])
+    from ddpm.cli import build_parser, main
+
+    assert main(["fid", "--num-samples", "8"]) == 2 and "--checkpoint" in capsys.readouterr().err
+    argv = ["fid", "--checkpoint", str(tmp_path / "missing"), "--raw", "--steps", "5"]
+    args = build_parser().parse_args(argv)
     assert not args.real_vs_real and args.raw and args.steps == 5
-    assert metrics.run_fid_command(args) == 2 and "missing" in capsys.readouterr().err
+    assert main(argv) == 2 and "missing" in capsys.readouterr().err
 
 
 def test_evaluate_run_end_to_end(tmp_path):
@@ -207,7 +206,7 @@ def test_evaluate_run_end_to_end(tmp_path):
     config = get_config("smoke", use_env=False, runs_dir=str(tmp_path), train_steps=2, progress=False)
     train(config, verbose=False)
     feature = StandInFeatures()
-    result = metrics.evaluate_run(config.run_dir, num_samples=16, sampler="ddim", steps=5, device="cpu",
+    result = evaluate.evaluate_run(config.run_dir, num_samples=16, sampler="ddim", steps=5, device="cpu",
                                   num_real=64, feature=feature, cache_dir=tmp_path / "cache", progress=False)
     saved = json.loads((config.run_dir / "metrics" / "ema-ddim-5-n16.json").read_text())
     assert saved == result
@@ -215,14 +214,14 @@ def test_evaluate_run_end_to_end(tmp_path):
     assert result["weights"] == "ema" and result["step"] == 2 and result["resolution"] == 32
     assert result["fid"] > 0 and result["feature_network"].startswith("StandInFeatures-")
     assert len((config.run_dir / "metrics.jsonl").read_text().splitlines()) == 1
-    assert metrics.load_results([config.run_dir]) == [result]
+    assert evaluate.load_results([config.run_dir]) == [result]
     assert result["network_calls"] == 5 * (1 if result["guidance_scale"] in (None, 0, 1) else 2)
 
     # the solver's options are recorded, named in the file, and its network calls counted as they were made
     from ddpm.solvers import calls_per_image, step_grid
     from ddpm.train import load_run
 
-    other = metrics.evaluate_run(config.run_dir, num_samples=16, sampler="dpmpp3m", steps=4, grid="edm",
+    other = evaluate.evaluate_run(config.run_dir, num_samples=16, sampler="dpmpp3m", steps=4, grid="edm",
                                  lambda_min=-3.0, device="cpu", num_real=64, feature=feature,
                                  cache_dir=tmp_path / "cache", progress=False)
     assert (config.run_dir / "metrics" / "ema-dpmpp3m-4-edm-lmin-3-n16.json").exists()

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from ddpm import metrics
+from ddpm import evaluate
 from ddpm.config import REPO_ROOT
 from ddpm.plan import build_plan
 from ddpm.reproduce import (NOTEBOOK, NotebookFailed, artifacts, execute_notebook, make_evaluation, plan_is_made,
@@ -20,8 +20,8 @@ def test_a_stored_result_is_reused_until_the_checkpoint_or_the_protocol_changes(
     spec = next(e for e in plan.evaluations_of("improved") if e.sampler == "dpmpp2m" and e.weights == "ema")
     feature = StandInFeatures()
     calls = []
-    evaluate_run = metrics.evaluate_run
-    monkeypatch.setattr(metrics, "evaluate_run", lambda *a, **k: calls.append(k) or evaluate_run(*a, **k))
+    evaluate_run = evaluate.evaluate_run
+    monkeypatch.setattr(evaluate, "evaluate_run", lambda *a, **k: calls.append(k) or evaluate_run(*a, **k))
 
     train(plan.run_config("improved"), verbose=False)
     first = make_evaluation(plan, spec, device="cpu", feature=feature)
@@ -98,7 +98,7 @@ def test_REHEARSAL_reproduce_smoke_end_to_end_then_the_notebook_alone_agrees(tmp
     printed = "".join("".join(o.get("text", "")) for o in outputs)
     assert printed.count("reusing the finished run") == len(plan.runs)
     summary = json.loads((tmp_path / "figures" / "smoke" / "results.json").read_text())
-    assert [(r["run"], metrics.result_name(r)) for r in summary["evaluations"]] == [
+    assert [(r["run"], evaluate.result_name(r)) for r in summary["evaluations"]] == [
         (plan.run_dir(e.run).name, e.name) for e in plan.evaluations]
     assert "ddpm_images_per_s" in summary  # the notebook's own figures are kept by the results phase
     assert summary["floor"]["sampler"] == "real" and summary["floor"]["num_generated"] == plan.floor.num_generated

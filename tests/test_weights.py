@@ -8,7 +8,7 @@ import torch
 from ddpm import weights
 from ddpm.cli import main
 from ddpm.config import Config
-from ddpm.metrics import evaluate_run
+from ddpm.evaluate import evaluate_run
 from ddpm.sample import generate
 from ddpm.runfolder import read_stats
 from ddpm.train import TrainLoop, load_run, train
