@@ -312,24 +312,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder (or its checkpoint.pt)")
     p.add_argument("--num-samples", type=int, default=None,
-                        help="images to generate (default: the run's fid_samples)")
+                   help="images to generate (default: the run's fid_samples)")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                        help="dpmpp2m / dpmpp3m: DPM-Solver++(2M) / (3M)")
+                   help="dpmpp2m / dpmpp3m: DPM-Solver++(2M) / (3M)")
     p.add_argument("--steps", type=int, default=100, help="DDIM / DPM-Solver steps (DDPM always uses all T)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--guidance-scale", type=float, default=None,
-                        help="class-conditional runs: classifier-free guidance scale (default: the run's "
-                             "guidance_scale, else 1); the labels are drawn with the data's label frequencies")
+                   help="class-conditional runs: classifier-free guidance scale (default: the run's "
+                        "guidance_scale, else 1); the labels are drawn with the data's label frequencies")
     p.add_argument("--aug-t", type=int, default=None,
-                        help="a cascade: the noise level its stage's low-resolution input gets (default: its aug_t)")
+                   help="a cascade: the noise level its stage's low-resolution input gets (default: its aug_t)")
     add_solver_flags(p)
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's fid_batch_size (64 with "
-                        "--real-vs-real)")
+                   "--real-vs-real)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-real", type=int, default=None,
-                        help="real images to compare with (default: all; on a CPU pass e.g. 1000)")
+                   help="real images to compare with (default: all; on a CPU pass e.g. 1000)")
     p.add_argument("--kid-subset-size", type=int, default=KID_SUBSET_SIZE)
     p.add_argument("--kid-subsets", type=int, default=KID_SUBSETS)
     p.add_argument("--cache-dir", default=None, help="where real-image features are cached (data/.cache/fid)")
